@@ -6,6 +6,9 @@ same run (skimage's slic) and against the seed's reported 2 ms per image for its
 
     python benchmarks/superpixels.py            # full run (about a minute)
     python benchmarks/superpixels.py --quick    # fewer repeats
+
+fast-slic rows appear when it is installed (it needs Cython and no build isolation):
+    pip install cython && pip install --no-build-isolation fast-slic
 """
 
 from __future__ import annotations
@@ -96,6 +99,23 @@ def dali_op_ms(images: list[np.ndarray], repeats: int) -> float:
     return time_pipeline(build(True)) - time_pipeline(build(False))
 
 
+def fast_slic_rows(images: list[np.ndarray], repeats: int) -> list[tuple[str, float]]:
+    """fast-slic on one thread with its defaults (subsample_stride=3), if it is installed."""
+    try:
+        from fast_slic import Slic
+        from fast_slic.avx2 import SlicAvx2
+    except ImportError:
+        return []
+    rows = []
+    for name, cls in (("fast-slic (portable)", Slic), ("fast-slic AVX2", SlicAvx2)):
+
+        def run(im: np.ndarray, cls=cls) -> object:
+            return cls(num_components=SEGMENTS, compactness=10, num_threads=1).iterate(im)
+
+        rows.append((f"{name}, labels only, stride 3", per_image_ms(run, images, repeats)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -136,6 +156,11 @@ def main() -> None:
         ),
         ("vigsp SLIC labels", per_image_ms(lambda im: sp.slic_labels(im, SEGMENTS), images, fast)),
         ("vigsp SLIC + graph", per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS), images, fast)),
+        *fast_slic_rows(images, fast),
+        (
+            "vigsp SLIC + graph, stride 3 (as fast-slic)",
+            per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS, subsample_stride=3), images, fast),
+        ),
         (
             "vigsp grid + graph (ViG-SP-Grid)",
             per_image_ms(lambda im: sp.grid_graph(im, SEGMENTS), images, fastest),
@@ -150,7 +175,7 @@ def main() -> None:
     table.add_column("x faster than seed C++ (2 ms)", justify="right")
     for name, ms in rows:
         table.add_row(name, f"{ms:.3f}", f"{skimage_ms / ms:.1f}", f"{SEED_CPP_GRAPH_MS / ms:.2f}")
-    console = Console(width=120)
+    console = Console(width=140)
     console.print(table)
     console.print(
         f"{len(images)} real images; vigsp SLIC gave {min(segments)}-{max(segments)} segments. "

@@ -29,6 +29,7 @@ SuperpixelGraphCPU::SuperpixelGraphCPU(const ::dali::OpSpec &spec)
   params_.compactness = spec.GetArgument<float>("compactness");
   params_.max_iter = spec.GetArgument<int>("max_iter");
   params_.min_size_factor = spec.GetArgument<float>("min_size_factor");
+  params_.subsample_stride = spec.GetArgument<int>("subsample_stride");
   DALI_ENFORCE(params_.n_segments > 0, "vigsp.superpixel_graph: n_segments must be positive");
 }
 
@@ -121,4 +122,6 @@ Outputs, per sample:
     .AddOptionalArg("n_segments", "wanted number of superpixels (SLIC's result is close to it)", 196)
     .AddOptionalArg("compactness", "SLIC's balance of space against colour (skimage's meaning)", 10.0f)
     .AddOptionalArg("max_iter", "SLIC k-means iterations", 10)
-    .AddOptionalArg("min_size_factor", "SLIC segments below this fraction of the mean size are merged", 0.5f);
+    .AddOptionalArg("min_size_factor", "SLIC segments below this fraction of the mean size are merged", 0.5f)
+    .AddOptionalArg("subsample_stride",
+                    "SLIC iterations assign every n-th row (rotating), then one full pass; 1 = classic SLIC", 1);

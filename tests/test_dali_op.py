@@ -16,7 +16,7 @@ pytestmark = pytest.mark.dali
 OUTPUTS = ("labels", "rag_edges", "features", "pixel_mask")
 
 
-def run_pipeline(files: list[Path], method: str, n_segments: int, resize_shorter: int | None):
+def run_pipeline(files: list[Path], method: str, n_segments: int, resize_shorter: int | None, **op_args: int):
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=len(files), num_threads=2, device_id=None, seed=0)
@@ -25,7 +25,7 @@ def run_pipeline(files: list[Path], method: str, n_segments: int, resize_shorter
         images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
         if resize_shorter:
             images = fn.resize(images, resize_shorter=resize_shorter)
-        graph = dali_plugin.superpixel_graph(images, method=method, n_segments=n_segments)
+        graph = dali_plugin.superpixel_graph(images, method=method, n_segments=n_segments, **op_args)
         return (images, *graph)
 
     pipeline = pipe()
@@ -36,9 +36,12 @@ def run_pipeline(files: list[Path], method: str, n_segments: int, resize_shorter
     ]
 
 
-def assert_same_as_module(images, dali_graphs, method: str, n_segments: int) -> None:
+def assert_same_as_module(images, dali_graphs, method: str, n_segments: int, **op_args: int) -> None:
     for image, outputs in zip(images, dali_graphs, strict=True):
-        expected = sp.slic_graph(image, n_segments) if method == "slic" else sp.grid_graph(image, n_segments)
+        if method == "slic":
+            expected = sp.slic_graph(image, n_segments, **op_args)
+        else:
+            expected = sp.grid_graph(image, n_segments)
         for name, got in zip(OUTPUTS, outputs, strict=True):
             np.testing.assert_array_equal(got, getattr(expected, name), err_msg=name)
 
@@ -48,6 +51,12 @@ def test_operator_equals_module_on_real_jpegs(method: str) -> None:
     images, graphs = run_pipeline(library_jpegs(), method, n_segments=196, resize_shorter=224)
     assert len({im.shape for im in images}) > 1, "want images of varying size in one batch"
     assert_same_as_module(images, graphs, method, 196)
+
+
+def test_operator_passes_slic_arguments() -> None:
+    args = {"subsample_stride": 3, "max_iter": 5}
+    images, graphs = run_pipeline(library_jpegs()[:3], "slic", 100, 160, **args)
+    assert_same_as_module(images, graphs, "slic", 100, **args)
 
 
 def test_operator_equals_module_on_pillow_jpegs(pillow_images: Path) -> None:

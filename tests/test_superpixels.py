@@ -87,6 +87,22 @@ def test_slic_segment_count_near_request(n_segments: int) -> None:
     assert ref.is_each_label_connected(graph.labels)
 
 
+@pytest.mark.parametrize("stride", [2, 3])
+def test_subsampled_slic_is_connected_and_close_to_classic(stride: int) -> None:
+    from skimage.segmentation import find_boundaries
+
+    image = load_rgb(library_jpegs()[4])[:224, :224].copy()
+    fast = sp.slic_graph(image, n_segments=196, subsample_stride=stride)
+    assert ref.is_each_label_connected(fast.labels)
+    assert 0.6 * 196 <= fast.num_nodes <= 1.3 * 196
+    assert_graph_matches_reference(image, fast)
+    classic = find_boundaries(sp.slic_labels(image), mode="thick")
+    ours = find_boundaries(fast.labels, mode="thick")
+    assert (classic & ours).sum() / classic.sum() > 0.6
+    with pytest.raises(ValueError, match="subsample_stride"):
+        sp.slic_graph(image, subsample_stride=0)
+
+
 def test_slic_labels_are_deterministic_and_equal_graph_labels() -> None:
     image = load_rgb(library_jpegs()[3])[:200, :260].copy()
     a = sp.slic_labels(image)

@@ -65,9 +65,16 @@ def slic_graph(
     compactness: float = 10.0,
     max_iter: int = 10,
     min_size_factor: float = 0.5,
+    subsample_stride: int = 1,
 ) -> SuperpixelGraph:
-    """SLIC superpixels (skimage's parameter meanings) and their graph for one image."""
-    return _graph(_native.slic_graph(image, n_segments, compactness, max_iter, min_size_factor))
+    """SLIC superpixels (skimage's parameter meanings) and their graph for one image.
+
+    ``subsample_stride=k > 1`` lets each k-means iteration assign only every k-th row (rotating),
+    then labels every pixel in one final pass: about k times less work per iteration for nearly
+    the same segmentation (fast-slic's default is 3). 1 is classic SLIC.
+    """
+    parts = _native.slic_graph(image, n_segments, compactness, max_iter, min_size_factor, subsample_stride)
+    return _graph(parts)
 
 
 def grid_graph(image: np.ndarray, n_segments: int = 196) -> SuperpixelGraph:
@@ -81,9 +88,10 @@ def slic_labels(
     compactness: float = 10.0,
     max_iter: int = 10,
     min_size_factor: float = 0.5,
+    subsample_stride: int = 1,
 ) -> np.ndarray:
     """Only the SLIC label map, [H, W] int32."""
-    return _native.slic_labels(image, n_segments, compactness, max_iter, min_size_factor)
+    return _native.slic_labels(image, n_segments, compactness, max_iter, min_size_factor, subsample_stride)
 
 
 def graph_from_labels(image: np.ndarray, labels: np.ndarray) -> SuperpixelGraph:
@@ -97,6 +105,7 @@ def slic_graph_batch(
     compactness: float = 10.0,
     max_iter: int = 10,
     min_size_factor: float = 0.5,
+    subsample_stride: int = 1,
     num_threads: int = 0,
 ) -> list[SuperpixelGraph]:
     """``slic_graph`` over a list of images (sizes may differ) or a BxHxWx3 array, in parallel.
@@ -104,7 +113,7 @@ def slic_graph_batch(
     ``num_threads=0`` uses every core.
     """
     results = _native.slic_graph_batch(
-        images, n_segments, compactness, max_iter, min_size_factor, num_threads
+        images, n_segments, compactness, max_iter, min_size_factor, subsample_stride, num_threads
     )
     return [_graph(r) for r in results]
 

@@ -96,8 +96,10 @@ py::tuple to_python(Result&& r) {
                         to_numpy(std::move(r.mask), {r.height, r.width}));
 }
 
-vigsp::SlicParams slic_params(int n_segments, float compactness, int max_iter, float min_size_factor) {
+vigsp::SlicParams slic_params(int n_segments, float compactness, int max_iter, float min_size_factor,
+                              int subsample_stride = 1) {
   vigsp::SlicParams p;
+  p.subsample_stride = subsample_stride;
   p.n_segments = n_segments;
   p.compactness = compactness;
   p.max_iter = max_iter;
@@ -167,10 +169,13 @@ PYBIND11_MODULE(_native, m) {
   const char* returns = "Returns (labels [H,W] int32, rag_edges [E,2] int32, features [N,13] float32, pixel_mask [H,W] uint8).";
   m.def(
       "slic_graph",
-      [](const py::handle& image, int n_segments, float compactness, int max_iter, float min_size_factor) {
-        return run_one(image, Method::kSlic, slic_params(n_segments, compactness, max_iter, min_size_factor));
+      [](const py::handle& image, int n_segments, float compactness, int max_iter, float min_size_factor,
+         int subsample_stride) {
+        return run_one(image, Method::kSlic,
+                       slic_params(n_segments, compactness, max_iter, min_size_factor, subsample_stride));
       },
       "image"_a, "n_segments"_a = 196, "compactness"_a = 10.0f, "max_iter"_a = 10, "min_size_factor"_a = 0.5f,
+      "subsample_stride"_a = 1,
       (std::string("SLIC superpixels and their graph for one HxWx3 uint8 image. ") + returns).c_str());
   m.def(
       "grid_graph",
@@ -181,12 +186,12 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "slic_graph_batch",
       [](const py::object& images, int n_segments, float compactness, int max_iter, float min_size_factor,
-         int num_threads) {
-        return run_batch(images, Method::kSlic, slic_params(n_segments, compactness, max_iter, min_size_factor),
-                         num_threads);
+         int subsample_stride, int num_threads) {
+        return run_batch(images, Method::kSlic,
+                         slic_params(n_segments, compactness, max_iter, min_size_factor, subsample_stride), num_threads);
       },
       "images"_a, "n_segments"_a = 196, "compactness"_a = 10.0f, "max_iter"_a = 10, "min_size_factor"_a = 0.5f,
-      "num_threads"_a = 0, "slic_graph over a list of images (or a BxHxWx3 array), in parallel threads (0 = all cores).");
+      "subsample_stride"_a = 1, "num_threads"_a = 0, "slic_graph over a list of images (or a BxHxWx3 array), in parallel threads (0 = all cores).");
   m.def(
       "grid_graph_batch",
       [](const py::object& images, int n_segments, int num_threads) {
@@ -195,12 +200,13 @@ PYBIND11_MODULE(_native, m) {
       "images"_a, "n_segments"_a = 196, "num_threads"_a = 0, "grid_graph over a batch, in parallel threads.");
   m.def(
       "slic_labels",
-      [](const py::handle& image_obj, int n_segments, float compactness, int max_iter, float min_size_factor) {
+      [](const py::handle& image_obj, int n_segments, float compactness, int max_iter, float min_size_factor,
+         int subsample_stride) {
         auto image = checked_image(image_obj, "image");
         const auto view = view_of(image);
         py::array_t<int32_t> labels({view.height, view.width});
         int32_t* out = labels.mutable_data();
-        const auto params = slic_params(n_segments, compactness, max_iter, min_size_factor);
+        const auto params = slic_params(n_segments, compactness, max_iter, min_size_factor, subsample_stride);
         {
           py::gil_scoped_release release;
           vigsp::slic(view, params, out, thread_workspace());
@@ -208,7 +214,7 @@ PYBIND11_MODULE(_native, m) {
         return labels;
       },
       "image"_a, "n_segments"_a = 196, "compactness"_a = 10.0f, "max_iter"_a = 10, "min_size_factor"_a = 0.5f,
-      "SLIC label map only ([H,W] int32, compact, each label connected).");
+      "subsample_stride"_a = 1, "SLIC label map only ([H,W] int32, compact, each label connected).");
   m.def(
       "graph_from_labels",
       [](const py::handle& image_obj, const py::array& labels_obj) {

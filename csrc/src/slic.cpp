@@ -21,6 +21,8 @@ void check_params(const SlicParams& p) {
   if (!(p.compactness > 0.0f) || !std::isfinite(p.compactness))
     throw InvalidArgument("compactness must be a positive number, got " + std::to_string(p.compactness));
   if (p.max_iter < 1) throw InvalidArgument("max_iter must be >= 1, got " + std::to_string(p.max_iter));
+  if (p.subsample_stride < 1)
+    throw InvalidArgument("subsample_stride must be >= 1, got " + std::to_string(p.subsample_stride));
   if (!(p.min_size_factor >= 0.0f && p.min_size_factor <= 1.0f))
     throw InvalidArgument("min_size_factor must be in [0, 1], got " + std::to_string(p.min_size_factor));
 }
@@ -32,12 +34,13 @@ struct Window {
 // One cluster's window: keep, per pixel, the nearest centre seen so far. Dispatched once
 // per cluster (not per row) so the ISA-specific clone's call overhead stays negligible.
 VIGSP_HOT void assign_window(const float* __restrict l, const float* __restrict a, const float* __restrict b,
-                             int width, Window win, const float* __restrict c, float spatial_weight, int32_t k,
+                             int width, Window win, int row_stride, const float* __restrict c,
+                             float spatial_weight, int32_t k,
                              float* __restrict dx2, float* __restrict dist, int32_t* __restrict assignment) {
   const int n = win.x1 - win.x0;
   for (int x = 0; x < n; ++x) dx2[x] = spatial_weight * (win.x0 + x - c[4]) * (win.x0 + x - c[4]);
   const float cl = c[0], ca = c[1], cb = c[2];
-  for (int y = win.y0; y < win.y1; ++y) {
+  for (int y = win.y0; y < win.y1; y += row_stride) {
     const int64_t off = static_cast<int64_t>(y) * width + win.x0;
     const float dy2 = spatial_weight * (y - c[3]) * (y - c[3]);
     const float *rl = l + off, *ra = a + off, *rb = b + off;
@@ -53,20 +56,22 @@ VIGSP_HOT void assign_window(const float* __restrict l, const float* __restrict 
   }
 }
 
+// Assigns rows y with y % row_stride == row_phase (all rows when row_stride is 1).
 void assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
             const float* centers, const float* l, const float* a, const float* b, float* dist,
-            int32_t* assignment) {
+            int32_t* assignment, int row_stride, int row_phase) {
   const float step_y = static_cast<float>(height) / grid.rows, step_x = static_cast<float>(width) / grid.cols;
   std::fill(dist, dist + static_cast<int64_t>(height) * width, std::numeric_limits<float>::infinity());
   std::vector<float> dx2(width);
   for (int k = 0; k < num_clusters; ++k) {
     const float* c = centers + k * kCenterStride;
     if (!std::isfinite(c[3])) continue;  // emptied cluster
-    const Window win{std::max(0, static_cast<int>(std::floor(c[3] - step_y))),
+    Window win{std::max(0, static_cast<int>(std::floor(c[3] - step_y))),
                      std::min(height, static_cast<int>(std::ceil(c[3] + step_y)) + 1),
                      std::max(0, static_cast<int>(std::floor(c[4] - step_x))),
                      std::min(width, static_cast<int>(std::ceil(c[4] + step_x)) + 1)};
-    assign_window(l, a, b, width, win, c, spatial_weight, k, dx2.data(), dist, assignment);
+    win.y0 += ((row_phase - win.y0) % row_stride + row_stride) % row_stride;  // first row of this phase
+    assign_window(l, a, b, width, win, row_stride, c, spatial_weight, k, dx2.data(), dist, assignment);
   }
 }
 
@@ -83,10 +88,10 @@ void add_pixel(double* sums, int32_t k, double l, double a, double b, double y, 
 // Keeps per-cluster sums up to date by moving only the pixels whose cluster changed. The
 // sums hold float values in double, which is exact at these magnitudes, so the result is
 // the same as summing every pixel again. Returns how many pixels changed.
-int64_t update_sums(int height, int width, const int32_t* previous, const int32_t* assignment, const float* l,
-                    const float* a, const float* b, double* sums) {
+int64_t update_sums(int height, int width, int row_stride, int row_phase, const int32_t* previous,
+                    const int32_t* assignment, const float* l, const float* a, const float* b, double* sums) {
   int64_t changed = 0;
-  for (int y = 0; y < height; ++y) {
+  for (int y = row_phase; y < height; y += row_stride) {
     const int64_t base = static_cast<int64_t>(y) * width;
     for (int x = 0; x < width; ++x) {
       const int64_t p = base + x;
@@ -189,15 +194,21 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   previous.assign(n, -1);
   std::fill(ws.assignment.begin(), ws.assignment.end(), -1);
   std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
+  const int stride = std::min(params.subsample_stride, height);
   for (int it = 0; it < params.max_iter; ++it) {
+    const int phase = it % stride;
     assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.distance.data(),
-           ws.assignment.data());
-    const int64_t changed = update_sums(height, width, previous.data(), ws.assignment.data(), l, a, b, ws.sums.data());
+           ws.assignment.data(), stride, phase);
+    const int64_t changed = update_sums(height, width, stride, phase, previous.data(), ws.assignment.data(), l, a,
+                                        b, ws.sums.data());
     // No pixel moved: the centres are a fixed point, so further iterations would change nothing.
-    if (changed == 0) break;
+    if (changed == 0 && stride == 1) break;
     move_centers(num_clusters, ws.sums.data(), ws.centers.data());
     std::copy(ws.assignment.begin(), ws.assignment.end(), previous.begin());
   }
+  if (stride > 1)  // the subsampled iterations placed the centres; now label every pixel
+    assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.distance.data(),
+           ws.assignment.data(), 1, 0);
   const auto min_size = static_cast<int64_t>(params.min_size_factor * static_cast<double>(n) / num_clusters);
   return enforce_connectivity(height, width, ws.assignment.data(), min_size, ws.queue, labels);
 }

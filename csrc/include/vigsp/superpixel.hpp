@@ -37,6 +37,9 @@ struct SlicParams {
   float compactness = 10.0f;   // weight of space against Lab colour, as in skimage.segmentation.slic
   int max_iter = 10;           // k-means iterations (skimage's default is 10 too)
   float min_size_factor = 0.5f;  // components smaller than this x the mean size are merged away
+  // Iteration i assigns only rows y with y % stride == i % stride, then one final pass assigns
+  // every pixel (fast-slic's approximation, its default is 3). 1 = classic SLIC.
+  int subsample_stride = 1;
 };
 
 // Rows x cols of the initial SLIC grid and of grid mode. Throws InvalidArgument if the
