@@ -20,7 +20,7 @@ std::string describe_sample(const ::dali::TensorList<CPUBackend> &input, int i) 
 }  // namespace
 
 SuperpixelGraphCPU::SuperpixelGraphCPU(const ::dali::OpSpec &spec)
-    : ::dali::Operator<CPUBackend>(spec) {
+    : ::dali::StatelessOperator<CPUBackend>(spec) {
   const auto method = spec.GetArgument<std::string>("method");
   DALI_ENFORCE(method == "slic" || method == "grid",
                "vigsp.superpixel_graph: method must be 'slic' or 'grid', got '" + method + "'");

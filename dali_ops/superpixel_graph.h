@@ -5,12 +5,13 @@
 #include <string>
 #include <vector>
 
-#include "dali/pipeline/operator/operator.h"
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "vigsp/superpixel.hpp"
 
 namespace vigsp_dali {
 
-class SuperpixelGraphCPU : public ::dali::Operator<::dali::CPUBackend> {
+// Stateless (no RNG, no position), so pipelines with enable_checkpointing=True can use it.
+class SuperpixelGraphCPU : public ::dali::StatelessOperator<::dali::CPUBackend> {
  public:
   explicit SuperpixelGraphCPU(const ::dali::OpSpec &spec);
 

@@ -14,9 +14,6 @@ if [[ "${VIGSP_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null && [[ $(id
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends build-essential git >/dev/null
-  for script in scripts/setup/apt-*.sh; do
-    [[ -e "$script" ]] && bash "$script"
-  done
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -33,7 +30,8 @@ log "build tools and DALI (the plugin is compiled against this exact DALI)"
 log "vigsp (compiling the C++ core and the DALI plugin)"
 "${pip[@]}" install --no-build-isolation -e ".[train,test]"
 
-for script in scripts/setup/py-*.sh; do
-  [[ -e "$script" ]] && PYTHON="$venv/bin/python" bash "$script"
-done
+# Real test data: Debian's Fashion-MNIST and Pillow's odd JPEGs (skip with VIGSP_SKIP_TEST_DATA=1).
+if [[ "${VIGSP_SKIP_TEST_DATA:-0}" != 1 ]]; then
+  PYTHON="$venv/bin/python" bash scripts/setup/data.sh
+fi
 log "done: activate with  source $venv/bin/activate"

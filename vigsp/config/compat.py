@@ -27,6 +27,7 @@ INCOMPATIBLE_KEYS: tuple[str, ...] = (
     "model",
     "data.image_size",
     "data.classes",
+    "data.class_list",
     "data.superpixel.method",
     "data.superpixel.n_segments",
     "data.max_nodes",

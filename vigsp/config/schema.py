@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vigsp.data.config import AugmentationConfig, DataConfig, RandAugmentConfig, SuperpixelConfig
+
 __all__ = [
     "AugmentationConfig",
     "CheckpointConfig",
@@ -75,81 +77,8 @@ class ModelConfig(Section):
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# DATA SECTION: PLACEHOLDER for vigsp.data.config.DataConfig (written in parallel by the data
-# pipeline owner). It lists the fields the DALI pipelines need so that configs/ can be written and
-# validated now; the lead replaces SuperpixelConfig / RandAugmentConfig / AugmentationConfig /
-# DataConfig below with an import of the real classes (keeping `extra="forbid"`), then updates the
-# `data:` blocks in configs/ if field names differ. compat.py names the data fields that change
-# tensor shapes (INCOMPATIBLE_KEYS): keep that list in step.
-# ---------------------------------------------------------------------------------------------
-
-
-class SuperpixelConfig(Section):
-    method: Literal["slic", "grid"] = Field(
-        "slic", description="slic: SLIC superpixels; grid: a regular grid of square cells (ablation)"
-    )
-    n_segments: int = Field(
-        ge=1, description="target number of superpixels per image (SLIC's is approximate)"
-    )
-    compactness: float = Field(10.0, gt=0, description="SLIC colour/space trade-off; higher = more square")
-
-
-class RandAugmentConfig(Section):
-    num_ops: int = Field(2, ge=0, description="operations applied per image")
-    magnitude: float = Field(9.0, ge=0, le=10, description="operation strength on timm's 0-10 scale")
-    magnitude_std: float = Field(0.5, ge=0, description="per-image Gaussian noise on the magnitude")
-
-
-class AugmentationConfig(Section):
-    scale: tuple[float, float] = Field(
-        (0.08, 1.0), description="random-resized-crop area range, as fractions of the image"
-    )
-    hflip_prob: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
-    randaugment: RandAugmentConfig | None = Field(None, description="RandAugment settings; null = off")
-    color_jitter: float = Field(0.0, ge=0, description="brightness/contrast/saturation jitter; 0 = off")
-    random_erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing; 0 = off")
-    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 = off (applied per batch)")
-    cutmix_alpha: float = Field(
-        0.0, ge=0, description="cutmix Beta(alpha, alpha); 0 = off (applied per batch)"
-    )
-    repeated_augment: int = Field(1, ge=1, description="repeated-augmentation copies per sample; 1 = off")
-
-    @field_validator("scale")
-    @classmethod
-    def _ordered_fractions(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"needs 0 < min <= max <= 1, got [{low}, {high}]")
-        return value
-
-
-class DataConfig(Section):
-    train_dir: Path = Field(description="training images, one sub-directory per class")
-    val_dir: Path = Field(description="validation images, one sub-directory per class")
-    classes: list[str] | None = Field(None, description="class sub-directories to use; null = all, sorted")
-    image_size: int = Field(ge=8, description="square side in pixels fed to the model")
-    batch_size: int = Field(ge=1, description="images per rank per step (the DeepSpeed micro batch)")
-    num_threads: int = Field(4, ge=1, description="DALI CPU worker threads per rank")
-    seed: int | None = Field(None, ge=0, description="data-order/augmentation seed; null = run.seed")
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
-    superpixel: SuperpixelConfig | None = Field(
-        None, description="graph nodes from superpixels; null = patches"
-    )
-    max_nodes: int | None = Field(None, ge=1, description="pad/cap superpixel nodes per image to this count")
-    max_edges: int | None = Field(None, ge=1, description="pad/cap superpixel-adjacency edges per image")
-
-    @field_validator("classes")
-    @classmethod
-    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            repeated = sorted({name for name in value if value.count(name) > 1})
-            if repeated:
-                raise ValueError(f"class names must be distinct; repeated: {', '.join(repeated)}")
-        return value
-
-
-# --------------------------------------- end of DATA SECTION ---------------------------------------
+# The data section is the DALI pipelines' own config (vigsp.data.config); compat.py names the
+# data fields that change tensor shapes (INCOMPATIBLE_KEYS): keep that list in step.
 
 
 class OptimConfig(Section):
