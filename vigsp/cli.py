@@ -16,6 +16,7 @@ from vigsp.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vigsp.train.cli", "train or resume a run (one rank; torchrun or `vigsp submit` for more)"),
     "data": ("vigsp.data.cli", "prepare and check datasets"),
     "models": ("vigsp.models.cli", "list registered models with params and FLOPs"),
     "viz": ("vigsp.viz", "render images with their superpixels and graph to a PNG"),

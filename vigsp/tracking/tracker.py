@@ -79,6 +79,10 @@ class NullTracker:
     def run_id(self) -> str | None:
         return None
 
+    @property
+    def tracking_uri(self) -> str | None:
+        return None
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
@@ -180,6 +184,10 @@ class Tracker(NullTracker):
     def run_id(self) -> str | None:
         """None until the run is open (the server may be down when training starts)."""
         return self._sender.run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._sender.spec.tracking_uri
 
     # ---- logging: all non-blocking ---------------------------------------------------------------
 

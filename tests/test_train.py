@@ -1,0 +1,151 @@
+"""The training engine for real: 2 DeepSpeed ranks (gloo, CPU) on a real DALI pipeline over the
+prepared Fashion-MNIST, killed, signalled and resumed, tracked by a real ``mlflow server``.
+
+The reference is an uninterrupted run of the same config; interrupted runs must reproduce its
+steps.csv (loss and lr of every optimizer step, written with every bit) exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
+from tests.fixtures.mlflow_server import MlflowServer, mlflow_server_fixture  # noqa: F401 (fixture)
+from tests.fixtures.training import RankGroup, SmallData, last_step, read_steps, small_data, wait_for
+from vigsp.train.checkpoint import COMPLETE, FAULT_SLEEP_ENV, LATEST
+from vigsp.train.outcome import REQUEUE_EXIT_CODE
+
+pytestmark = [pytest.mark.distributed, pytest.mark.dali, pytest.mark.slow]
+
+# 2 ranks x 8 images = 16 per step; 160 training images -> 10 steps per epoch, 2 epochs = 20 steps.
+RUN = [
+    "run.epochs=2",
+    "run.max_steps=null",
+    "run.log_every=2",
+    "checkpoint.every_n_steps=4",
+    "checkpoint.keep_last=2",
+    "data.batch_size=8",
+    "model.drop_path_rate=0.1",  # stochastic depth: the RNG state must resume too
+    "data.augmentation.color_jitter=0.2",
+]
+TOTAL_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def data(fashion_mnist, tmp_path_factory) -> SmallData:  # noqa: F811
+    return small_data(fashion_mnist.out, tmp_path_factory.mktemp("lists"), 16, 5)
+
+
+def train(cwd: Path, data: SmallData, *extra: str, env: dict[str, str] | None = None) -> RankGroup:
+    overrides = [*data.overrides(), *RUN, "run.output_dir=runs", "run.name=r", *extra]
+    return RankGroup(cwd, "tiny_test", overrides, world=2, extra_env=env)
+
+
+def finish(group: RankGroup, expect: int = 0) -> None:
+    codes = group.wait()
+    assert codes == [expect, expect], f"exit codes {codes}:\n{group.output(0)}\n---\n{group.output(1)}"
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> list[tuple[int, int, str, str]]:
+    cwd = tmp_path_factory.mktemp("reference")
+    finish(train(cwd, data))
+    steps = read_steps(cwd / "runs" / "r")
+    assert [s[0] for s in steps] == list(range(1, TOTAL_STEPS + 1))
+    return steps
+
+
+def test_uninterrupted_run_learns(reference, tmp_path_factory) -> None:
+    losses = [float(s[2]) for s in reference]
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.2, f"loss did not decrease: first steps {losses[:4]}, last {losses[-4:]}"
+
+
+def test_sigkill_mid_epoch_resumes_bit_exact(data, reference, tmp_path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    group = train(tmp_path, data)
+    # Past the step-4 and step-8 checkpoints, inside the first epoch (steps 1-10).
+    wait_for(lambda: last_step(run_dir) >= 9, 240, "step 9", group)
+    group.kill()
+    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step_00000008"
+    resumed = train(tmp_path, data)
+    finish(resumed)
+    assert "resumed from" in resumed.output(0)
+    assert read_steps(run_dir) == reference  # same steps, same losses and lrs, bit for bit
+
+
+def test_sigusr2_stops_saves_and_resumes_bit_exact(data, reference, tmp_path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    group = train(tmp_path, data)
+    wait_for(lambda: last_step(run_dir) >= 13, 240, "step 13", group)  # in the second epoch
+    group.signal(signal.SIGUSR2)
+    finish(group, expect=REQUEUE_EXIT_CODE)
+    stopped_at = last_step(run_dir)
+    assert 13 <= stopped_at < TOTAL_STEPS
+    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == f"step_{stopped_at:08d}"
+    finish(train(tmp_path, data))
+    assert read_steps(run_dir) == reference
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data, tmp_path) -> None:
+    run_dir = tmp_path / "runs" / "r"
+    ckpts = run_dir / "checkpoints"
+    # Every save pauses after DeepSpeed's files, before COMPLETE and `latest`: kill inside the 2nd.
+    group = train(tmp_path, data, "run.max_steps=10", env={FAULT_SLEEP_ENV: "4"})
+    wait_for(lambda: (ckpts / "step_00000008").is_dir(), 240, "the step-8 save to start", group)
+    assert not (ckpts / "step_00000008" / COMPLETE).exists()
+    group.kill()
+    assert (ckpts / LATEST).read_text().strip() == "step_00000004"
+    # The previous checkpoint loads: the run resumes from step 4 and the half-written one is gone.
+    resumed = train(tmp_path, data, "run.max_steps=10")
+    finish(resumed)
+    assert "resumed from" in resumed.output(0) and "step_00000004" in resumed.output(0)
+    assert "removing the incomplete checkpoint" in resumed.output(0)
+    assert last_step(run_dir) == 10
+    state = torch.load(ckpts / "step_00000010" / "rank_00001.pt", weights_only=False)
+    assert state["data"]["epoch"] == 0  # rank 1 saved its own loader position
+
+
+def test_incompatible_config_is_refused(data, tmp_path) -> None:
+    finish(train(tmp_path, data, "run.max_steps=4", "run.epochs=1"))
+    group = train(tmp_path, data, "run.max_steps=4", "run.epochs=1", "data.superpixel.n_segments=12")
+    codes = group.wait()
+    assert codes == [2, 2]
+    out = group.output(0)
+    assert "cannot resume" in out and "data.superpixel.n_segments: checkpoint has 16, config has 12" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.mlflow
+def test_two_ranks_log_one_mlflow_run_with_continuous_steps(data, mlflow_server, tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    server: MlflowServer = mlflow_server
+    uri = server.uri
+    experiment = f"engine-{tmp_path.name}"
+    run_dir = tmp_path / "runs" / "r"
+    tracked = [f"tracking.experiment_name={experiment}"]
+    env = {"MLFLOW_TRACKING_URI": uri}
+    group = train(tmp_path, data, *tracked, env=env)
+    wait_for(lambda: last_step(run_dir) >= 9, 240, "step 9", group)
+    group.kill()  # SIGKILL: the MLflow run stays RUNNING; the resumed job continues it
+    finish(train(tmp_path, data, *tracked, env=env))
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "vig_sp_tiny"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    steps = sorted(m.step for m in losses)
+    assert steps == list(range(2, TOTAL_STEPS + 1, 2)), steps  # every log_every step once, no repeats
+    epochs = client.get_metric_history(run.info.run_id, "val/top1")
+    assert sorted(m.step for m in epochs) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/superpixels.png", "figures/curves.png"} <= artifacts

@@ -1,0 +1,91 @@
+"""What rank 0 uploads to MLflow besides metrics: a superpixel overlay at the start; the curves,
+the per-epoch CSV and the final weights at the end. Failures here lose a picture, never the run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vigsp.config.schema import TrainConfig
+from vigsp.train.records import CsvRecord
+
+log = logging.getLogger(__name__)
+
+OVERLAY_FILE = "superpixels.png"
+CURVES_FILE = "curves.png"
+FINAL_WEIGHTS = "final_model.pt"
+
+
+def log_superpixel_overlay(tracker: Any, cfg: TrainConfig, val_loader: Any, run_dir: Path) -> None:
+    """What the model sees: 8 validation images with their superpixels, RAG and centroids."""
+    sp = cfg.data.superpixel
+    if sp is None:
+        return
+    try:
+        from vigsp import superpixels
+        from vigsp.viz import load_rgb, render
+
+        paths = [val_loader.index.path(i) for i in range(min(8, len(val_loader.index)))]
+        images = [load_rgb(Path(p), cfg.data.image_size) for p in paths]
+        if sp.method == "slic":
+            graphs = [superpixels.slic_graph(im, sp.n_segments, sp.compactness) for im in images]
+        else:
+            graphs = [superpixels.grid_graph(im, sp.n_segments) for im in images]
+        out = run_dir / "figures" / OVERLAY_FILE
+        render(images, [Path(p).name for p in paths], graphs, out)
+        tracker.log_artifact(out, "figures")
+    except Exception as err:  # a picture is not worth a failed run
+        log.warning("no superpixel overlay for MLflow: %s", err)
+
+
+def plot_curves(epochs: CsvRecord, out: Path) -> Path | None:
+    rows = epochs.read()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [int(r["epoch"]) for r in rows]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ys = [float(r[key]) if r[key] else float("nan") for r in rows]
+        loss_ax.plot(x, ys, marker="o", label=label)
+    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("val_top1_ema", "top-1 EMA")):
+        ys = [float(r[key]) if r[key] else float("nan") for r in rows]
+        if any(y == y for y in ys):
+            acc_ax.plot(x, ys, marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def log_final(tracker: Any, run_dir: Path, module: nn.Module, ema: Any, epochs: CsvRecord) -> None:
+    if not tracker.enabled:
+        return
+    try:
+        curves = plot_curves(epochs, run_dir / "figures" / CURVES_FILE)
+        if curves is not None:
+            tracker.log_artifact(curves, "figures")
+        if epochs.path.is_file():
+            tracker.log_artifact(epochs.path)
+        weights = run_dir / FINAL_WEIGHTS
+        state = {"model": {k: v.detach().float().cpu() for k, v in module.state_dict().items()}}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        torch.save(state, weights)
+        tracker.log_artifact(weights, "model")
+    except Exception as err:
+        log.warning("final artifacts not logged: %s", err)

@@ -1,0 +1,110 @@
+"""Which process this is (rank, world, device) and the process group, from the launcher's env.
+
+Launchers (torchrun, `vigsp submit`'s submitit job via TorchDistributedEnvironment, the sbatch
+templates) export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without them this
+is a single process, and we export them ourselves: DeepSpeed would otherwise fall back to MPI
+discovery ("No module named 'mpi4py'").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from vigsp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    @property
+    def dali_device_id(self) -> int | None:
+        """The GPU this rank's DALI pipelines run on (None: CPU-only pipelines)."""
+        return self.device.index if self.device.type == "cuda" else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_env() -> DistEnv:
+    """The rank layout from the environment; a single process when none is set."""
+    present = [name for name in _TORCH_VARS if name in os.environ]
+    if not present:
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
+    elif len(present) != len(_TORCH_VARS):
+        missing = [name for name in _TORCH_VARS if name not in os.environ]
+        raise UserError(
+            f"the distributed environment is incomplete: {', '.join(missing)} not set (have "
+            f"{', '.join(present)}); launch with torchrun or `vigsp submit`, or set all of "
+            f"{', '.join(_TORCH_VARS)}"
+        )
+    try:
+        rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    except ValueError as err:
+        raise UserError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {err}") from None
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        # One GPU per rank; with CUDA_VISIBLE_DEVICES narrowed to one GPU per task it is device 0.
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device = torch.device("cpu")
+    return DistEnv(rank, world, local, device)
+
+
+def init_process_group(env: DistEnv) -> None:
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    deepspeed.init_distributed(dist_backend=env.backend, auto_mpi_discovery=False)
+    log.debug("process group: %s, rank %d of %d", env.backend, env.rank, env.world_size)
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Sums of ``values`` over all ranks (float64, so counts stay exact)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
+    if env.world_size > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank if ``flag`` is True on any: how the ranks agree to stop together."""
+    if env.world_size == 1:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=env.device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        torch.distributed.barrier()
