@@ -481,3 +481,14 @@ def test_small_vig_sp_learns_a_synthetic_task() -> None:
         accuracy = (model(pixels, labels, feats, mask).argmax(1) == targets).float().mean().item()
     assert losses[-1] < 0.3 * losses[0]
     assert accuracy >= 0.9
+
+
+@pytest.mark.parametrize("name", ["vig_tiny_patch", "vig_sp_tiny", "vig_sp_grid_tiny"])
+def test_models_train_in_bfloat16(name: str) -> None:
+    """DeepSpeed's bf16 casts the weights and the engine the float inputs: nothing may stay fp32."""
+    model = create_model(name, num_classes=10).to(torch.bfloat16)
+    inputs = [x.to(torch.bfloat16) if x.is_floating_point() else x for x in example_inputs(model, 4)]
+    logits = model(*inputs)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())

@@ -184,3 +184,36 @@ def test_feature_lookup_by_name() -> None:
     np.testing.assert_array_equal(graph.feature("count"), [100, 100, 100, 100])
     with pytest.raises(KeyError, match="centroid_y"):
         graph.feature("centroid")
+
+
+def test_early_exit_when_converged_equals_running_all_iterations() -> None:
+    # 4x4 blocks of distinct flat colours, one segment each: k-means settles in a few iterations,
+    # after which the loop stops early (no pixel changed cluster). More iterations must not matter.
+    rng = np.random.default_rng(3)
+    colours = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    image = np.kron(colours, np.ones((16, 16, 1), dtype=np.uint8))
+    blocks = np.kron(np.arange(16).reshape(4, 4), np.ones((16, 16), dtype=np.int32))
+    runs = [sp.slic_labels(image, n_segments=16, max_iter=m) for m in (3, 10, 100)]
+    for labels in runs:
+        np.testing.assert_array_equal(labels, blocks)
+    # On a real photo SLIC has not converged after one iteration: an early exit that fired too
+    # soon would make these equal.
+    photo = load_rgb(library_jpegs()[0])[:224, :224].copy()
+    one, two, ten = (sp.slic_labels(photo, max_iter=m) for m in (1, 2, 10))
+    assert not np.array_equal(one, two)
+    assert not np.array_equal(two, ten)
+
+
+@pytest.mark.parametrize("min_size_factor", [0.0, 0.5, 1.0])
+def test_connectivity_merges_small_fragments_into_a_4_neighbour(min_size_factor: float) -> None:
+    # Noisy image: k-means leaves many fragments; whatever the merge threshold, every final label
+    # is one 4-connected region, labels are compact, and with a threshold no region is tiny
+    # unless it could not be merged (the very first region of the raster scan).
+    image = np.random.default_rng(5).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    graph = sp.slic_graph(image, n_segments=49, min_size_factor=min_size_factor)
+    assert ref.is_each_label_connected(graph.labels)
+    assert graph.labels.min() == 0 and graph.labels.max() == graph.num_nodes - 1
+    counts = graph.feature("count")
+    min_size = int(min_size_factor * 64 * 64 / 49)
+    assert (counts[1:] >= min_size).all()
+    assert_graph_matches_reference(image, graph)

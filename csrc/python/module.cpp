@@ -154,6 +154,8 @@ py::list run_batch(const py::object& images_obj, Method method, const vigsp::Sli
 
 }  // namespace
 
+void register_cuda_bindings(py::module_& m);  // csrc/python/cuda_bindings.cpp
+
 PYBIND11_MODULE(_native, m) {
   m.doc() = "vigsp superpixel core (C++): SLIC, grid cells and the superpixel graph on NumPy arrays";
   py::register_exception<InvalidArgument>(m, "InvalidArgument", PyExc_ValueError);
@@ -221,17 +223,23 @@ PYBIND11_MODULE(_native, m) {
         auto image = checked_image(image_obj, "image");
         const auto view = view_of(image);
         auto labels = checked_labels(labels_obj, view.height, view.width);
-        Result result;
-        result.height = view.height;
-        result.width = view.width;
-        result.labels.assign(labels.data(), labels.data() + labels.size());
+        // The returned labels are a copy (never an alias of the caller's array), written by the
+        // pass that validates them; labels and mask go straight into uninitialised NumPy arrays
+        // (build_graph writes every mask byte).
+        py::array_t<int32_t> labels_out({view.height, view.width});
+        py::array_t<uint8_t> mask_out({view.height, view.width});
+        int32_t* labels_ptr = labels_out.mutable_data();
+        uint8_t* mask_ptr = mask_out.mutable_data();
+        vigsp::SuperpixelGraph graph;
         {
           py::gil_scoped_release release;
-          const int n = vigsp::validate_labels(result.labels);
-          result.mask.resize(result.labels.size());
-          vigsp::build_graph(view, result.labels.data(), n, result.mask.data(), result.graph, thread_workspace());
+          const int n = vigsp::copy_validated_labels({labels.data(), static_cast<size_t>(labels.size())}, labels_ptr);
+          vigsp::build_graph(view, labels_ptr, n, mask_ptr, graph, thread_workspace());
         }
-        return to_python(std::move(result));
+        const auto num_edges = static_cast<py::ssize_t>(graph.num_rag_edges());
+        const auto num_nodes = static_cast<py::ssize_t>(graph.num_nodes);
+        return py::make_tuple(labels_out, to_numpy(std::move(graph.rag_edges), {num_edges, 2}),
+                              to_numpy(std::move(graph.features), {num_nodes, vigsp::kNumFeatures}), mask_out);
       },
       "image"_a, "labels"_a,
       (std::string("The graph of a given compact label map (0..n-1, all present). ") + returns).c_str());
@@ -252,4 +260,5 @@ PYBIND11_MODULE(_native, m) {
         return to_numpy(std::move(edges), {count, 2});
       },
       "pixel_mask"_a, "Expands a pixel mask to [M,2] int64 flat-index edges (p, p+1) and (p, p+W), sorted.");
+  register_cuda_bindings(m);
 }

@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "simd.hpp"
 #include "vigsp/superpixel.hpp"
 
 namespace vigsp {
@@ -47,15 +48,39 @@ int grid_labels(int height, int width, int n_segments, int32_t* labels) {
   return grid.rows * grid.cols;
 }
 
-int validate_labels(std::span<const int32_t> labels) {
-  if (labels.empty()) throw InvalidArgument("label map is empty");
-  // A plain loop (not std::minmax_element) so it vectorises. That every label in 0..n-1 is
-  // present is checked by build_graph, which counts pixels per label anyway.
+namespace {
+
+// Min and max in one vectorised pass, optionally copying on the way (the copy is then free:
+// the data is in registers anyway).
+VIGSP_HOT void label_range(const int32_t* labels, int64_t n, int32_t* copy, int32_t& lo_out, int32_t& hi_out) {
   int32_t lo = labels[0], hi = labels[0];
-  for (const int32_t l : labels) {
-    lo = std::min(lo, l);
-    hi = std::max(hi, l);
+  if (copy != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t l = labels[i];
+      copy[i] = l;
+      lo = std::min(lo, l);
+      hi = std::max(hi, l);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      lo = std::min(lo, labels[i]);
+      hi = std::max(hi, labels[i]);
+    }
   }
+  lo_out = lo;
+  hi_out = hi;
+}
+
+}  // namespace
+
+int validate_labels(std::span<const int32_t> labels) { return copy_validated_labels(labels, nullptr); }
+
+int copy_validated_labels(std::span<const int32_t> labels, int32_t* out) {
+  if (labels.empty()) throw InvalidArgument("label map is empty");
+  // That every label in 0..n-1 is present is checked by build_graph, which counts pixels per
+  // label anyway.
+  int32_t lo = 0, hi = 0;
+  label_range(labels.data(), static_cast<int64_t>(labels.size()), out, lo, hi);
   if (lo < 0) throw InvalidArgument("labels must be >= 0, found " + std::to_string(lo));
   if (static_cast<int64_t>(hi) >= static_cast<int64_t>(labels.size()))
     throw InvalidArgument("label " + std::to_string(hi) + " exceeds the number of pixels; labels must be compact 0..n-1");

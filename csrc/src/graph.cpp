@@ -2,6 +2,7 @@
 // pixel mask, the region adjacency graph and the per-node features.
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -22,6 +23,24 @@ VIGSP_HOT void mask_row(const int32_t* row, const int32_t* below, int width, uin
   mask[width - 1] = 0;
   if (below != nullptr)
     for (int x = 0; x < width; ++x) mask[x] |= static_cast<uint8_t>((row[x] == below[x]) << 1);
+}
+
+// One bit per byte of the 8 mask bytes at m: set where the byte lacks `bit`. Scanning a word
+// at a time skips the long stretches inside a superpixel without a branch per pixel.
+inline uint64_t lacking(const uint8_t* m, uint8_t bit) {
+  uint64_t word;
+  std::memcpy(&word, m, sizeof word);
+  return ~word & (uint64_t{0x0101010101010101} * bit);
+}
+
+// First x >= from whose mask byte lacks kSameRight: the end of the run starting at `from`.
+// mask[width - 1] never has it, so the scan stops inside the row.
+inline int run_last(const uint8_t* mask, int from, int width) {
+  int x = from;
+  for (; x + 8 <= width; x += 8)
+    if (const uint64_t m = lacking(mask + x, kSameRight)) return x + std::countr_zero(m) / 8;
+  while (mask[x] & kSameRight) ++x;
+  return x;
 }
 
 class AdjacencySet {
@@ -94,7 +113,7 @@ void write_features(const int64_t* acc, int num_nodes, int height, int width, fl
 
 }  // namespace
 
-void build_graph(const ImageView& image, const int32_t* labels, int num_labels, uint8_t* pixel_mask,
+VIGSP_HOT void build_graph(const ImageView& image, const int32_t* labels, int num_labels, uint8_t* pixel_mask,
                  SuperpixelGraph& graph, Workspace& ws) {
   const int height = image.height, width = image.width;
   if (num_labels <= 0) throw InvalidArgument("a label map needs at least one label");
@@ -117,14 +136,13 @@ void build_graph(const ImageView& image, const int32_t* labels, int num_labels, 
     int x = 0;
     while (x < width) {
       const int32_t k = row[x];
+      const int end = run_last(mask, x, width) + 1;
       int64_t sr = 0, sg = 0, sb = 0;
-      int end = x;
-      do {
-        sr += rgb[3 * end];
-        sg += rgb[3 * end + 1];
-        sb += rgb[3 * end + 2];
-        ++end;
-      } while (end < width && (mask[end - 1] & kSameRight));
+      for (int i = x; i < end; ++i) {
+        sr += rgb[3 * i];
+        sg += rgb[3 * i + 1];
+        sb += rgb[3 * i + 2];
+      }
       int64_t* s = ws.accum.data() + static_cast<int64_t>(k) * kAccStride;
       const int64_t run = end - x;
       s[kCount] += run;
@@ -142,13 +160,17 @@ void build_graph(const ImageView& image, const int32_t* labels, int num_labels, 
     }
     if (below != nullptr) {
       int32_t last_a = -1, last_b = -1;  // boundaries repeat the same pair along a row
-      for (int xi = 0; xi < width; ++xi) {
-        if (mask[xi] & kSameDown) continue;
-        if (row[xi] == last_a && below[xi] == last_b) continue;
+      auto visit = [&](int xi) {
+        if (row[xi] == last_a && below[xi] == last_b) return;
         last_a = row[xi];
         last_b = below[xi];
         adjacency.add(last_a, last_b);
-      }
+      };
+      int xi = 0;
+      for (; xi + 8 <= width; xi += 8)
+        for (uint64_t m = lacking(mask + xi, kSameDown); m != 0; m &= m - 1) visit(xi + std::countr_zero(m) / 8);
+      for (; xi < width; ++xi)
+        if (!(mask[xi] & kSameDown)) visit(xi);
     }
   }
   for (int k = 0; k < num_labels; ++k)

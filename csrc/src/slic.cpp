@@ -2,6 +2,7 @@
 // centre, then connectivity enforcement. Distances follow skimage.segmentation.slic:
 // d = |lab - lab_k|^2 + (compactness / S)^2 |yx - yx_k|^2 with S = sqrt(H*W / K).
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -15,6 +16,7 @@ namespace {
 
 constexpr int kCenterStride = 5;  // L, a, b, y, x
 constexpr int kSumStride = 6;     // L, a, b, y, x, count
+constexpr int kLanes = 16;        // assignment chunk: one AVX-512 vector of floats
 
 void check_params(const SlicParams& p) {
   if (p.n_segments <= 0) throw InvalidArgument("n_segments must be positive, got " + std::to_string(p.n_segments));
@@ -27,81 +29,175 @@ void check_params(const SlicParams& p) {
     throw InvalidArgument("min_size_factor must be in [0, 1], got " + std::to_string(p.min_size_factor));
 }
 
-struct Window {
-  int y0, y1, x0, x1;
+using Window = Workspace::Window;
+
+// Everything one assignment sweep reads, per iteration. Windows and dx² tables are per cluster;
+// row_list[row_offset[y] .. row_offset[y+1]) are the clusters whose window covers row y, in
+// ascending order, so each pixel still sees its candidates in the order of the classic
+// cluster-by-cluster loop and ties go the same way.
+struct Sweep {
+  int height, width, row_stride, row_phase;
+  float spatial_weight;
+  const float *l, *a, *b, *centers;
+  const Window* windows;
+  const float* dx2;          // per cluster, from dx2_offset[k]: chunks x0/kLanes .. ceil(x1/kLanes), inf outside
+  const int32_t* dx2_offset;
+  const int32_t* row_offset;  // height + 1
+  const int32_t* row_list;
+  float* row_dist;            // width rounded up to kLanes
+  int32_t* row_best;          // same; the row's clusters while candidates pass over it
+  int32_t* row_previous;      // width
+  int32_t* assignment;
+  double* sums;               // nullptr: do not track sums (the final full pass after subsampling)
 };
 
-// One cluster's window: keep, per pixel, the nearest centre seen so far. Dispatched once
-// per cluster (not per row) so the ISA-specific clone's call overhead stays negligible.
-VIGSP_HOT void assign_window(const float* __restrict l, const float* __restrict a, const float* __restrict b,
-                             int width, Window win, int row_stride, const float* __restrict c,
-                             float spatial_weight, int32_t k,
-                             float* __restrict dx2, float* __restrict dist, int32_t* __restrict assignment) {
-  const int n = win.x1 - win.x0;
-  for (int x = 0; x < n; ++x) dx2[x] = spatial_weight * (win.x0 + x - c[4]) * (win.x0 + x - c[4]);
-  const float cl = c[0], ca = c[1], cb = c[2];
-  for (int y = win.y0; y < win.y1; y += row_stride) {
-    const int64_t off = static_cast<int64_t>(y) * width + win.x0;
-    const float dy2 = spatial_weight * (y - c[3]) * (y - c[3]);
-    const float *rl = l + off, *ra = a + off, *rb = b + off;
-    float* rd = dist + off;
-    int32_t* rk = assignment + off;
-    for (int i = 0; i < n; ++i) {
-      const float dl = rl[i] - cl, da = ra[i] - ca, db = rb[i] - cb;
-      const float d = dl * dl + da * da + db * db + dy2 + dx2[i];
-      const bool closer = d < rd[i];
-      rd[i] = closer ? d : rd[i];
-      rk[i] = closer ? k : rk[i];
-    }
+// One cluster's pass over a row: keep, per pixel, the nearest centre seen so far. It works on
+// whole kLanes-aligned chunks: lanes outside the window have dx² = inf, so they never win,
+// and every candidate loads and stores the same aligned blocks (a misaligned overlap would
+// defeat store-to-load forwarding). Same arithmetic, in the same order, as the classic
+// cluster-by-cluster loop (no FMA: see simd.hpp).
+[[gnu::always_inline]] inline void assign_chunks(const float* __restrict l, const float* __restrict a,
+                                                 const float* __restrict b, const float* __restrict dx2, int n,
+                                                 float cl, float ca, float cb, float dy2, int32_t k,
+                                                 float* __restrict dist, int32_t* __restrict best) {
+  for (int i = 0; i < n; ++i) {
+    const float dl = l[i] - cl, da = a[i] - ca, db = b[i] - cb;
+    const float d = dl * dl + da * da + db * db + dy2 + dx2[i];
+    // Written as a min and a bit blend so that both stores are plain: a select GCC recognises
+    // becomes a masked store behind a per-vector "any lane closer?" branch, which mispredicts.
+    const float old = dist[i];
+    const int32_t old_k = best[i];
+    const int32_t closer = -static_cast<int32_t>(d < old);
+    dist[i] = std::min(old, d);  // == (d < old ? d : old); distances are never NaN
+    best[i] = old_k ^ ((old_k ^ k) & closer);
   }
 }
 
-// Assigns rows y with y % row_stride == row_phase (all rows when row_stride is 1).
-void assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
-            const float* centers, const float* l, const float* a, const float* b, float* dist,
-            int32_t* assignment, int row_stride, int row_phase) {
-  const float step_y = static_cast<float>(height) / grid.rows, step_x = static_cast<float>(width) / grid.cols;
-  std::fill(dist, dist + static_cast<int64_t>(height) * width, std::numeric_limits<float>::infinity());
-  std::vector<float> dx2(width);
-  for (int k = 0; k < num_clusters; ++k) {
-    const float* c = centers + k * kCenterStride;
-    if (!std::isfinite(c[3])) continue;  // emptied cluster
-    Window win{std::max(0, static_cast<int>(std::floor(c[3] - step_y))),
-                     std::min(height, static_cast<int>(std::ceil(c[3] + step_y)) + 1),
-                     std::max(0, static_cast<int>(std::floor(c[4] - step_x))),
-                     std::min(width, static_cast<int>(std::ceil(c[4] + step_x)) + 1)};
-    win.y0 += ((row_phase - win.y0) % row_stride + row_stride) % row_stride;  // first row of this phase
-    assign_window(l, a, b, width, win, row_stride, c, spatial_weight, k, dx2.data(), dist, assignment);
+// Sums hold float values in double; moving only the pixels that changed cluster, in raster
+// order, gives the same sums as adding every pixel again.
+inline void move_pixel(double* sums, int32_t from, int32_t to, double l, double a, double b, double y, double x) {
+  if (from >= 0) {
+    double* s = sums + static_cast<int64_t>(from) * kSumStride;
+    s[0] -= l;
+    s[1] -= a;
+    s[2] -= b;
+    s[3] -= y;
+    s[4] -= x;
+    s[5] -= 1.0;
   }
+  double* s = sums + static_cast<int64_t>(to) * kSumStride;
+  s[0] += l;
+  s[1] += a;
+  s[2] += b;
+  s[3] += y;
+  s[4] += x;
+  s[5] += 1.0;
 }
 
-void add_pixel(double* sums, int32_t k, double l, double a, double b, double y, double x, double weight) {
-  double* s = sums + static_cast<int64_t>(k) * kSumStride;
-  s[0] += weight * l;
-  s[1] += weight * a;
-  s[2] += weight * b;
-  s[3] += weight * y;
-  s[4] += weight * x;
-  s[5] += weight;
-}
-
-// Keeps per-cluster sums up to date by moving only the pixels whose cluster changed. The
-// sums hold float values in double, which is exact at these magnitudes, so the result is
-// the same as summing every pixel again. Returns how many pixels changed.
-int64_t update_sums(int height, int width, int row_stride, int row_phase, const int32_t* previous,
-                    const int32_t* assignment, const float* l, const float* a, const float* b, double* sums) {
+// One k-means assignment, row by row: a row's distances and labels stay in L1 while every
+// covering window passes over it, and the centre sums are updated as soon as the row is final
+// (no H*W distance plane, no copy of the previous assignment). Dispatched once per iteration.
+// Returns how many pixels changed cluster.
+VIGSP_HOT int64_t assign_rows(const Sweep& s) {
+  const int width = s.width;
   int64_t changed = 0;
-  for (int y = row_phase; y < height; y += row_stride) {
+  for (int y = s.row_phase; y < s.height; y += s.row_stride) {
     const int64_t base = static_cast<int64_t>(y) * width;
-    for (int x = 0; x < width; ++x) {
-      const int64_t p = base + x;
-      if (previous[p] == assignment[p]) continue;
-      ++changed;
-      if (previous[p] >= 0) add_pixel(sums, previous[p], l[p], a[p], b[p], y, x, -1.0);
-      add_pixel(sums, assignment[p], l[p], a[p], b[p], y, x, 1.0);
+    int32_t* row = s.assignment + base;
+    std::fill(s.row_dist, s.row_dist + width, std::numeric_limits<float>::infinity());
+    std::copy(row, row + width, s.row_best);  // a pixel no window covers keeps its cluster
+    for (int32_t i = s.row_offset[y]; i < s.row_offset[y + 1]; ++i) {
+      const int32_t k = s.row_list[i];
+      const float* c = s.centers + static_cast<int64_t>(k) * kCenterStride;
+      const Window w = s.windows[k];
+      const int x0 = w.x0 / kLanes * kLanes, n = (w.x1 + kLanes - 1) / kLanes * kLanes - x0;
+      const float dy2 = s.spatial_weight * (y - c[3]) * (y - c[3]);
+      assign_chunks(s.l + base + x0, s.a + base + x0, s.b + base + x0, s.dx2 + s.dx2_offset[k], n, c[0], c[1],
+                    c[2], dy2, k, s.row_dist + x0, s.row_best + x0);
+    }
+    if (s.sums != nullptr) std::copy(row, row + width, s.row_previous);
+    std::copy(s.row_best, s.row_best + width, row);
+    if (s.sums == nullptr) continue;
+    // Few pixels change after the first iterations: find them 16 at a time with a vector
+    // compare instead of a branch per pixel.
+    for (int x0 = 0; x0 < width; x0 += 16) {
+      const int n = std::min(16, width - x0);
+      uint32_t moved = 0;
+      for (int i = 0; i < n; ++i) moved |= static_cast<uint32_t>(s.row_previous[x0 + i] != row[x0 + i]) << i;
+      for (; moved != 0; moved &= moved - 1) {
+        const int x = x0 + std::countr_zero(moved);
+        const int64_t p = base + x;
+        ++changed;
+        move_pixel(s.sums, s.row_previous[x], row[x], s.l[p], s.a[p], s.b[p], y, x);
+      }
     }
   }
   return changed;
+}
+
+// Builds the sweep's per-iteration tables: each live cluster's window (+-one grid step around
+// its centre, as in Achanta et al.), its dx² table, and the per-row candidate lists.
+void prepare_sweep(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
+                   const float* centers, Workspace& ws) {
+  const float step_y = static_cast<float>(height) / grid.rows, step_x = static_cast<float>(width) / grid.cols;
+  ws.windows.resize(num_clusters);
+  ws.dx2_offset.resize(num_clusters + 1);
+  ws.row_offset.assign(height + 1, 0);
+  int32_t dx2_size = 0;
+  for (int k = 0; k < num_clusters; ++k) {
+    const float* c = centers + k * kCenterStride;
+    Window win{0, 0, 0, 0};  // an emptied cluster (NaN centre) covers nothing
+    if (std::isfinite(c[3])) {
+      win = {std::max(0, static_cast<int>(std::floor(c[3] - step_y))),
+             std::min(height, static_cast<int>(std::ceil(c[3] + step_y)) + 1),
+             std::max(0, static_cast<int>(std::floor(c[4] - step_x))),
+             std::min(width, static_cast<int>(std::ceil(c[4] + step_x)) + 1)};
+      win.y1 = std::max(win.y0, win.y1);
+      win.x1 = std::max(win.x0, win.x1);
+      if (win.x0 == win.x1) win.y1 = win.y0;
+    }
+    ws.windows[k] = win;
+    ws.dx2_offset[k] = dx2_size;
+    if (win.x1 > win.x0) dx2_size += (win.x1 + kLanes - 1) / kLanes * kLanes - win.x0 / kLanes * kLanes;
+    ws.row_offset[win.y0] += 1;  // difference array, prefix-summed below
+    ws.row_offset[win.y1] -= 1;
+  }
+  ws.dx2_offset[num_clusters] = dx2_size;
+  ws.dx2.resize(dx2_size);
+  // Row counts -> exclusive offsets; row_fill then tracks where the next entry of a row goes.
+  ws.row_fill.resize(height + 1);
+  int32_t covering = 0, total = 0;
+  for (int y = 0; y <= height; ++y) {
+    covering += ws.row_offset[y];
+    ws.row_fill[y] = total;
+    total += y < height ? covering : 0;
+  }
+  std::copy(ws.row_fill.begin(), ws.row_fill.end(), ws.row_offset.begin());
+  ws.row_list.resize(total);
+  for (int k = 0; k < num_clusters; ++k) {
+    const Window w = ws.windows[k];
+    const float* c = centers + k * kCenterStride;
+    float* dx2 = ws.dx2.data() + ws.dx2_offset[k];
+    for (int x = w.x0 / kLanes * kLanes, i = 0; i < ws.dx2_offset[k + 1] - ws.dx2_offset[k]; ++x, ++i)
+      dx2[i] = x >= w.x0 && x < w.x1 ? spatial_weight * (x - c[4]) * (x - c[4]) : std::numeric_limits<float>::infinity();
+    for (int y = w.y0; y < w.y1; ++y) ws.row_list[ws.row_fill[y]++] = k;
+  }
+}
+
+int64_t assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
+               const float* centers, const float* l, const float* a, const float* b, int32_t* assignment,
+               double* sums, int row_stride, int row_phase, Workspace& ws) {
+  prepare_sweep(grid, height, width, spatial_weight, num_clusters, centers, ws);
+  const int padded = (width + kLanes - 1) / kLanes * kLanes;
+  ws.distance.resize(padded);
+  ws.row_best.resize(padded);
+  ws.previous_assignment.resize(width);
+  const Sweep sweep{height,         width,        row_stride,           row_phase,
+                    spatial_weight, l,            a,                    b,
+                    centers,        ws.windows.data(), ws.dx2.data(),   ws.dx2_offset.data(),
+                    ws.row_offset.data(), ws.row_list.data(), ws.distance.data(), ws.row_best.data(), ws.previous_assignment.data(),
+                    assignment,     sums};
+  return assign_rows(sweep);
 }
 
 void move_centers(int num_clusters, const double* sums, float* centers) {
@@ -116,42 +212,88 @@ void move_centers(int num_clusters, const double* sums, float* centers) {
   }
 }
 
-// Relabels 4-connected components of the k-means assignment to compact labels. Components
-// smaller than min_size join the already-labelled region next to their first pixel, which is
-// 4-adjacent to them, so every final label is one connected region.
-int enforce_connectivity(int height, int width, const int32_t* assignment, int64_t min_size,
-                         std::vector<int32_t>& queue, int32_t* labels) {
-  const int64_t n = static_cast<int64_t>(height) * width;
-  std::fill(labels, labels + n, -1);
-  // The queue holds (pixel, column) pairs: knowing the column avoids a division per pixel.
-  queue.resize(2 * n);
-  int32_t next_label = 0;
-  for (int64_t start = 0; start < n; ++start) {
-    if (labels[start] >= 0) continue;
-    const int x_start = static_cast<int>(start % width);
-    const int32_t neighbour = x_start > 0 ? labels[start - 1] : (start >= width ? labels[start - width] : -1);
-    const int32_t cluster = assignment[start];
-    int64_t head = 0, tail = 0;
-    auto push = [&](int64_t q, int x) {
-      labels[q] = next_label;
-      queue[2 * tail] = static_cast<int32_t>(q);
-      queue[2 * tail + 1] = x;
-      ++tail;
-    };
-    push(start, x_start);
-    while (head < tail) {
-      const int64_t p = queue[2 * head];
-      const int x = queue[2 * head + 1];
-      ++head;
-      if (x > 0 && labels[p - 1] < 0 && assignment[p - 1] == cluster) push(p - 1, x - 1);
-      if (x + 1 < width && labels[p + 1] < 0 && assignment[p + 1] == cluster) push(p + 1, x + 1);
-      if (p >= width && labels[p - width] < 0 && assignment[p - width] == cluster) push(p - width, x);
-      if (p + width < n && labels[p + width] < 0 && assignment[p + width] == cluster) push(p + width, x);
+// Relabels the 4-connected components of the k-means assignment to compact labels, numbered
+// in raster order of their first pixel. A component smaller than min_size joins the region
+// of the pixel left of (or, in column 0, above) its first pixel, which is 4-adjacent to it and
+// already labelled, so every final label is one connected region.
+//
+// Works on runs (maximal same-cluster row segments) with union-find instead of a per-pixel
+// flood fill: runs are numbered in raster order and a union keeps the smaller number as the
+// root, so a component's root is its first run and the component order is the root order.
+int enforce_connectivity(int height, int width, const int32_t* assignment, int64_t min_size, Workspace& ws,
+                         int32_t* labels) {
+  std::vector<int32_t>& run_x = ws.run_x;       // start column of each run; the run ends where the next starts
+  std::vector<int32_t>& parent = ws.run_parent; // union-find forest over runs
+  std::vector<int32_t>& row_first = ws.row_first_run;  // height + 1
+  run_x.clear();
+  parent.clear();
+  row_first.resize(height + 1);
+  auto find = [&](int32_t r) {
+    while (parent[r] != r) r = parent[r] = parent[parent[r]];
+    return r;
+  };
+  for (int y = 0; y < height; ++y) {
+    const int32_t* row = assignment + static_cast<int64_t>(y) * width;
+    const int32_t first = static_cast<int32_t>(run_x.size());
+    row_first[y] = first;
+    for (int x = 0; x < width;) {
+      const int32_t id = static_cast<int32_t>(run_x.size());
+      run_x.push_back(x);
+      parent.push_back(id);
+      int end = x + 1;
+      while (end < width && row[end] == row[x]) ++end;
+      x = end;
     }
-    if (tail < min_size && neighbour >= 0) {
-      for (int64_t i = 0; i < tail; ++i) labels[queue[2 * i]] = neighbour;
-    } else {
-      ++next_label;
+    if (y == 0) continue;
+    // Join runs that touch a run of the same cluster in the row above (overlapping columns).
+    const int32_t* above = row - width;
+    int32_t up = row_first[y - 1];
+    const int32_t up_end = first, here_end = static_cast<int32_t>(run_x.size());
+    for (int32_t r = first; r < here_end; ++r) {
+      const int x0 = run_x[r], x1 = r + 1 < here_end ? run_x[r + 1] : width;
+      while (up + 1 < up_end && run_x[up + 1] <= x0) ++up;  // the run above covering column x0
+      for (int32_t u = up; u < up_end && run_x[u] < x1; ++u) {
+        if (above[run_x[u]] != row[x0]) continue;
+        const int32_t ra = find(r), rb = find(u);
+        if (ra < rb) parent[rb] = ra;
+        else if (rb < ra) parent[ra] = rb;
+      }
+    }
+  }
+  const auto num_runs = static_cast<int32_t>(run_x.size());
+  row_first[height] = num_runs;
+  // Flatten (a parent always has a smaller number, so one ascending pass suffices) and size.
+  std::vector<int64_t>& size = ws.run_size;
+  size.assign(num_runs, 0);
+  for (int y = 0; y < height; ++y) {
+    for (int32_t r = row_first[y]; r < row_first[y + 1]; ++r) {
+      parent[r] = parent[parent[r]];
+      size[parent[r]] += (r + 1 < row_first[y + 1] ? run_x[r + 1] : width) - run_x[r];
+    }
+  }
+  // Final labels per root in root order; `size` is reused to hold them.
+  int32_t next_label = 0;
+  for (int y = 0; y < height; ++y) {
+    for (int32_t r = row_first[y]; r < row_first[y + 1]; ++r) {
+      if (parent[r] != r) {
+        size[r] = size[parent[r]];  // not a root: its root (an earlier run) is labelled already
+        continue;
+      }
+      // The pixel left of the first pixel is the previous run; in column 0 it is the row above's first run.
+      const int32_t neighbour = r > row_first[y] ? static_cast<int32_t>(size[r - 1])
+                                                 : (y > 0 ? static_cast<int32_t>(size[row_first[y - 1]]) : -1);
+      if (size[r] < min_size && neighbour >= 0) {
+        size[r] = neighbour;
+      } else {
+        size[r] = next_label++;
+      }
+    }
+  }
+  for (int y = 0; y < height; ++y) {
+    int32_t* out = labels + static_cast<int64_t>(y) * width;
+    for (int32_t r = row_first[y]; r < row_first[y + 1]; ++r) {
+      const int x1 = r + 1 < row_first[y + 1] ? run_x[r + 1] : width;
+      std::fill(out + run_x[r], out + x1, static_cast<int32_t>(size[r]));
     }
   }
   return next_label;
@@ -166,8 +308,9 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   const int64_t n = static_cast<int64_t>(height) * width;
   const int num_clusters = grid.rows * grid.cols;
 
-  ws.lab.resize(3 * n);
-  ws.distance.resize(n);
+  // Chunks past the last column read into the next plane; the slack covers the last plane.
+  ws.lab.resize(3 * n + kLanes);
+  std::fill(ws.lab.end() - kLanes, ws.lab.end(), 0.0f);
   ws.assignment.resize(n);
   ws.centers.resize(static_cast<size_t>(num_clusters) * kCenterStride);
   ws.sums.resize(static_cast<size_t>(num_clusters) * kSumStride);
@@ -189,28 +332,23 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   }
   const double step = std::sqrt(static_cast<double>(n) / num_clusters);
   const float spatial_weight = static_cast<float>((params.compactness / step) * (params.compactness / step));
-  // previous == -1 everywhere: the first update adds every pixel.
-  std::vector<int32_t>& previous = ws.previous_assignment;
-  previous.assign(n, -1);
+  // assignment == -1 everywhere: the first update adds every pixel.
   std::fill(ws.assignment.begin(), ws.assignment.end(), -1);
   std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
   const int stride = std::min(params.subsample_stride, height);
   for (int it = 0; it < params.max_iter; ++it) {
     const int phase = it % stride;
-    assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.distance.data(),
-           ws.assignment.data(), stride, phase);
-    const int64_t changed = update_sums(height, width, stride, phase, previous.data(), ws.assignment.data(), l, a,
-                                        b, ws.sums.data());
+    const int64_t changed = assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b,
+                                   ws.assignment.data(), ws.sums.data(), stride, phase, ws);
     // No pixel moved: the centres are a fixed point, so further iterations would change nothing.
     if (changed == 0 && stride == 1) break;
     move_centers(num_clusters, ws.sums.data(), ws.centers.data());
-    std::copy(ws.assignment.begin(), ws.assignment.end(), previous.begin());
   }
   if (stride > 1)  // the subsampled iterations placed the centres; now label every pixel
-    assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.distance.data(),
-           ws.assignment.data(), 1, 0);
+    assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.assignment.data(),
+           nullptr, 1, 0, ws);
   const auto min_size = static_cast<int64_t>(params.min_size_factor * static_cast<double>(n) / num_clusters);
-  return enforce_connectivity(height, width, ws.assignment.data(), min_size, ws.queue, labels);
+  return enforce_connectivity(height, width, ws.assignment.data(), min_size, ws, labels);
 }
 
 }  // namespace vigsp

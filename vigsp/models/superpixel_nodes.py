@@ -126,7 +126,9 @@ class NodeEmbedding(nn.Module):
         )
 
     def forward(self, pooled: Tensor, node_features: Tensor) -> Tensor:
-        feats = node_features.to(pooled.dtype)
+        # The weights' dtype (bf16 under DeepSpeed's bf16): pooling may hand back fp32 sums.
+        dtype = self.feature_norm.weight.dtype
+        pooled, feats = pooled.to(dtype), node_features.to(dtype)
         # log of the raw pixel count: area ratios matter, not absolute sizes
         feats = torch.cat(
             [feats[:, :_COUNT], feats[:, _COUNT : _COUNT + 1].clamp(min=1).log(), feats[:, _COUNT + 1 :]], 1

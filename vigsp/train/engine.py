@@ -80,6 +80,15 @@ def _check_model_matches_data(model: nn.Module, cfg: TrainConfig) -> None:
         )
 
 
+def match_buffers_to_weights(module: nn.Module) -> None:
+    """DeepSpeed's bf16 casts parameters but not buffers; BatchNorm on the CPU needs its running
+    statistics in the weights' dtype, so cast floating-point buffers to match."""
+    dtype = next(module.parameters()).dtype
+    for buffer in module.buffers():
+        if buffer.is_floating_point() and buffer.dtype != dtype:
+            buffer.data = buffer.data.to(dtype)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, tracking_uri: str | None = None) -> None:
         self.cfg = cfg
@@ -208,6 +217,7 @@ class Trainer:
             config=to_deepspeed_config(cfg, env.world_size),
             dist_init_required=False,
         )
+        match_buffers_to_weights(engine.module)
         ema = ModelEma(engine.module, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         if ema is not None:
             ema.module.float()

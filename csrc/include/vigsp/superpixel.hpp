@@ -76,15 +76,25 @@ struct SuperpixelGraph {
 // Scratch memory reused across calls, so that steady-state processing allocates nothing.
 // One per thread; not shareable between concurrent calls.
 struct Workspace {
-  std::vector<float> lab;          // 3 planes of H*W: L, a, b
-  std::vector<float> distance;     // H*W
+  std::vector<float> lab;          // 3 planes of H*W: L, a, b (and a little zeroed slack)
+  std::vector<float> distance;     // one row's distances during an assignment sweep
   std::vector<int32_t> assignment; // H*W, raw k-means cluster per pixel
-  std::vector<int32_t> previous_assignment;  // H*W, the previous iteration's
+  std::vector<int32_t> previous_assignment;  // one row's previous clusters during a sweep
   std::vector<float> centers;      // 5 per cluster: L, a, b, y, x
   std::vector<double> sums;        // 6 per cluster
-  std::vector<int32_t> queue;      // flood fill
+  std::vector<int32_t> queue;      // unused since connectivity works on runs; kept for compatibility
   std::vector<uint64_t> adjacency; // RAG bitset
   std::vector<int64_t> accum;      // per-node integer sums for the features
+  // SLIC sweep tables, rebuilt every iteration (opaque: layout may change).
+  struct Window {
+    int y0, y1, x0, x1;
+  };
+  std::vector<Window> windows;     // per cluster
+  std::vector<float> dx2;          // per cluster, its window's spatial x term
+  std::vector<int32_t> dx2_offset, row_offset, row_fill, row_list, row_best;
+  // Connectivity enforcement on runs (opaque).
+  std::vector<int32_t> run_x, run_parent, row_first_run;
+  std::vector<int64_t> run_size;
 };
 
 // SLIC superpixels with connectivity enforcement. Writes H*W compact labels 0..n-1, each
@@ -97,6 +107,8 @@ int grid_labels(int height, int width, int n_segments, int32_t* labels);
 // Checks that labels lie in 0..n-1 and returns n = max + 1. For user-supplied maps; build_graph
 // then rejects a map where some label in 0..n-1 has no pixel.
 int validate_labels(std::span<const int32_t> labels);
+// The same check while copying the labels to out (H*W values), in one pass.
+int copy_validated_labels(std::span<const int32_t> labels, int32_t* out);
 
 // Builds the pixel mask (H*W bytes, kSameRight | kSameDown), the region adjacency graph and
 // the node features from an image and its compact label map with num_labels labels.
