@@ -149,3 +149,60 @@ def test_two_ranks_log_one_mlflow_run_with_continuous_steps(data, mlflow_server,
     assert sorted(m.step for m in epochs) == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/superpixels.png", "figures/curves.png"} <= artifacts
+
+
+@pytest.mark.mlflow
+def test_a_server_killed_mid_run_does_not_stop_training(data, mlflow_server, tmp_path) -> None:
+    import json
+
+    server: MlflowServer = mlflow_server
+    run_dir = tmp_path / "runs" / "r"
+    env = {"MLFLOW_TRACKING_URI": server.uri}
+    group = train(
+        tmp_path, data, "run.max_steps=12", f"tracking.experiment_name=dead-{tmp_path.name}", env=env
+    )
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, 240, "step 3", group)
+        server.stop(signal.SIGKILL)  # a crashed server, mid-run
+        finish(group)  # training goes on and ends normally
+    finally:
+        server.start()  # the session's server, for the other tests
+    assert last_step(run_dir) == 12
+    report = json.loads((run_dir / "mlflow_unlogged.jsonl").read_text().splitlines()[-1])
+    assert report["outages"] >= 1 and not report["complete"]  # said at the end what was not logged
+
+
+@pytest.mark.mlflow
+def test_compare_ranks_two_real_runs(data, mlflow_server, tmp_path) -> None:
+    import csv as csv_module
+
+    from vigsp.cli import main as vigsp_main
+
+    experiment = f"compare-{tmp_path.name}"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
+    for name, lr in (("low-lr", "1e-5"), ("good-lr", "2e-3")):
+        extra = ("run.epochs=1", f"run.name={name}", f"optim.lr={lr}", "schedule.warmup_lr=1e-6")
+        finish(
+            train(
+                tmp_path,
+                data,
+                *extra,
+                "schedule.min_lr=1e-6",
+                f"tracking.experiment_name={experiment}",
+                env=env,
+            )
+        )
+    top1 = {}
+    for name in ("low-lr", "good-lr"):
+        with (tmp_path / "runs" / name / "epochs.csv").open() as src:
+            top1[name] = max(float(row["val_top1"]) for row in csv_module.DictReader(src))
+    assert top1["good-lr"] != top1["low-lr"]
+    out = tmp_path / "runs.csv"
+    code = vigsp_main(
+        ["compare", "--tracking-uri", mlflow_server.uri, "--experiment", experiment, "--csv", str(out)]
+    )
+    assert code == 0
+    with out.open() as src:
+        rows = list(csv_module.DictReader(src))
+    assert [r["run_name"] for r in rows] == sorted(top1, key=top1.get, reverse=True)
+    assert [float(r["top1"]) for r in rows] == pytest.approx(sorted(top1.values(), reverse=True))

@@ -10,7 +10,8 @@ from torch import nn
 
 
 class ModelEma:
-    """``ema = decay * ema + (1 - decay) * weights`` after each optimizer step; buffers are copied."""
+    """``ema = decay * ema + (1 - decay) * value`` after each optimizer step, for every floating-point
+    entry of the state dict (BatchNorm statistics too, as timm's ModelEmaV2); integer buffers are copied."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay

@@ -182,6 +182,10 @@ class Trainer:
             rank_state = {}  # positions of other ranks' shards: the epoch restarts (warned above)
         self.rank_state = rank_state
 
+        # Denormal floats are ~100x slower on x86 CPUs, and dark image backgrounds (Fashion-MNIST
+        # is mostly black) fill activations with them: flushing them to zero made CPU training 4x
+        # faster with identical losses to the printed precision.
+        torch.set_flush_denormal(True)
         # Same seed on every rank, so every rank builds identical weights; then per rank for dropout.
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
