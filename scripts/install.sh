@@ -14,6 +14,11 @@ if [[ "${VIGSP_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null && [[ $(id
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends build-essential git >/dev/null
+  # The local Slurm cluster `vigsp submit`'s tests run on (skip with VIGSP_SKIP_SLURM=1).
+  if [[ "${VIGSP_SKIP_SLURM:-0}" != 1 ]]; then
+    log "Slurm dev-cluster packages (slurm/dev-cluster/install.sh)"
+    bash slurm/dev-cluster/install.sh >/dev/null
+  fi
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -23,7 +23,7 @@ COMPATIBLE_CHANGES = [
     "schedule.warmup_epochs=2",
     "schedule.min_lr=0",
     "data.batch_size=32",
-    "data.num_threads=1",
+    "data.num_threads=3",
     "data.train_dir=/scratch/fmnist/train",
     "data.augmentation.hflip_prob=0",
     "data.superpixel.compactness=20",
@@ -92,7 +92,7 @@ def test_diff_lists_each_differing_key_with_both_values() -> None:
     saved = load_config("quickstart")
     new = load_config("quickstart", ["model.name=vig_tiny_patch", "data.image_size=64", "run.epochs=9"])
     assert diff_incompatible(saved, new) == [
-        "data.image_size: checkpoint has 56, config has 64",
+        "data.image_size: checkpoint has 28, config has 64",
         'model.name: checkpoint has "vig_sp_tiny", config has "vig_tiny_patch"',
     ]
 
@@ -118,6 +118,6 @@ def test_resume_check_refuses_with_every_difference_and_a_way_out() -> None:
         )
     message = str(caught.value)
     assert message.startswith("cannot resume from runs/q/step_500")
-    assert "  - data.image_size: checkpoint has 56, config has 64" in message
+    assert "  - data.image_size: checkpoint has 28, config has 64" in message
     assert "  - deepspeed.zero_stage: checkpoint has 0, config has 2" in message
     assert "checkpoint.resume=never" in message

@@ -182,7 +182,7 @@ def test_patch_vig_matches_official_formulation(training: bool) -> None:
                 m.bias.uniform_(-0.2, 0.2)
         model.pos_embed.normal_(std=0.1)
     model.train(training)
-    images = torch.rand(3, 3, 56, 56, dtype=torch.float64)
+    images = torch.rand(3, 3, 28, 28, dtype=torch.float64)
     with torch.no_grad():
         expected = _official_forward(model, images, training)
         got = model(images)
@@ -222,7 +222,7 @@ def test_unknown_model_and_option_errors_name_the_culprit() -> None:
 
 def test_patch_model_rejects_wrong_image_size() -> None:
     model = create_model("vig_tiny_patch").eval()
-    with pytest.raises(ValueError, match="built for 56px"):
+    with pytest.raises(ValueError, match="built for 28px"):
         model(torch.rand(1, 3, 64, 64))
 
 

@@ -206,3 +206,38 @@ def test_compare_ranks_two_real_runs(data, mlflow_server, tmp_path) -> None:
         rows = list(csv_module.DictReader(src))
     assert [r["run_name"] for r in rows] == sorted(top1, key=top1.get, reverse=True)
     assert [float(r["top1"]) for r in rows] == pytest.approx(sorted(top1.values(), reverse=True))
+
+
+def test_zero2_bf16_accumulation_stop_and_resume_is_exact(data, tmp_path) -> None:
+    """ZeRO 2 shards gradients and optimizer state per rank; both must come back on resume."""
+    zero = ("deepspeed.zero_stage=2", "deepspeed.bf16=true", "deepspeed.gradient_accumulation_steps=2")
+    zero += ("deepspeed.gradient_clipping=1.0", "checkpoint.every_n_steps=3")
+    finish(train(tmp_path / "ref", data, *zero))
+    reference = read_steps(tmp_path / "ref" / "runs" / "r")
+    assert [s[0] for s in reference] == list(range(1, 11))  # 10 micro batches per epoch -> 5 steps
+
+    run_dir = tmp_path / "stopped" / "runs" / "r"
+    group = train(tmp_path / "stopped", data, *zero)
+    wait_for(lambda: last_step(run_dir) >= 4, 240, "step 4", group)
+    group.signal(signal.SIGUSR2)
+    finish(group, expect=REQUEUE_EXIT_CODE)
+    assert last_step(run_dir) < 10
+    finish(train(tmp_path / "stopped", data, *zero))
+    assert read_steps(run_dir) == reference
+
+
+def test_resume_with_another_world_size(data, tmp_path) -> None:
+    """ZeRO 0: weights and optimizer carry over from 2 ranks to 1; the step count continues."""
+    run_dir = tmp_path / "runs" / "r"
+    group = train(tmp_path, data)
+    wait_for(lambda: last_step(run_dir) >= 5, 240, "step 5", group)
+    group.signal(signal.SIGUSR2)
+    finish(group, expect=REQUEUE_EXIT_CODE)
+    assert last_step(run_dir) < 10  # stopped inside the first epoch
+    overrides = [*data.overrides(), *RUN, "run.output_dir=runs", "run.name=r"]
+    single = RankGroup(tmp_path, "tiny_test", overrides, world=1)
+    assert single.wait() == [0], single.output(0)
+    assert "resuming" in single.output(0) and "with 1 ranks instead of 2" in single.output(0)
+    # One rank takes 8 images per step instead of 16: 20 steps per epoch, 40 in all, counted on
+    # from the checkpoint (the interrupted epoch restarts its data order for the new world size).
+    assert [s[0] for s in read_steps(run_dir)] == list(range(1, 41))

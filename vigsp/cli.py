@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("vigsp.viz", "render images with their superpixels and graph to a PNG"),
     "compare": ("vigsp.compare", "compare MLflow runs in a table and a curves PNG"),
     "config": ("vigsp.config.cli", "show a resolved run config, list configs, document keys"),
+    "submit": ("vigsp.launch.submit", "submit training (or a sweep) to Slurm through submitit"),
 }
 
 
@@ -43,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"vigsp {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    # Intermixed: overrides (KEY=VALUE positionals) may come after flags, e.g. --local run.epochs=1.
+    args = parser.parse_intermixed_args(rest)
     try:
         return int(module.run(args) or 0)
     except UserError as err:

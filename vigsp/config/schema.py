@@ -140,7 +140,9 @@ class CheckpointConfig(Section):
 
 class TrackingConfig(Section):
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; null = an embedded sqlite database in run.output_dir"
+        None,
+        description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else the embedded sqlite store "
+        "./mlruns.db in the working directory",
     )
     experiment_name: str = Field("vigsp", min_length=1, description="MLflow experiment")
 
