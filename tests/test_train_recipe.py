@@ -146,3 +146,35 @@ def test_rotation_keeps_last_k_and_the_best(tmp_path: Path) -> None:
     manager.remove_incomplete()
     assert not (manager.dir / "step_00000060").exists()
     assert all((manager.dir / t / COMPLETE).is_file() for t in manager.complete_tags())
+
+
+def test_threads_per_rank_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vigsp.train.distributed import cpu_threads_per_rank
+
+    for key in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cpu_threads_per_rank() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpu_threads_per_rank() == 4  # two ranks on this machine: four cores each
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cpu_threads_per_rank() == 3  # what Slurm gave the task wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads_per_rank() is None  # the user's setting: torch already follows it
+
+
+def test_overrides_may_follow_flags() -> None:
+    import argparse
+
+    from vigsp.cli import parse_command_args
+    from vigsp.data.cli import add_arguments as data_arguments
+    from vigsp.train.cli import add_arguments as train_arguments
+
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    args = parse_command_args(parser, ["quickstart", "--resume", "never", "run.epochs=1", "optim.lr=1e-3"])
+    assert (args.config, args.resume) == ("quickstart", "never")
+    assert args.overrides == ["run.epochs=1", "optim.lr=1e-3"]
+    data = argparse.ArgumentParser()
+    data_arguments(data)  # sub-commands: parsed the plain way
+    assert parse_command_args(data, ["prepare", "fashion-mnist", "--size", "32"]).size == 32

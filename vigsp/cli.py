@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_args(parser: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """Overrides (KEY=VALUE positionals) may come after flags: ``vigsp submit CFG --local run.epochs=1``.
+    Commands with sub-commands of their own (``data prepare``) cannot be parsed intermixed."""
+    try:
+        return parser.parse_intermixed_args(args)
+    except TypeError:
+        return parser.parse_args(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
@@ -44,8 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"vigsp {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    # Intermixed: overrides (KEY=VALUE positionals) may come after flags, e.g. --local run.epochs=1.
-    args = parser.parse_intermixed_args(rest)
+    args = parse_command_args(parser, rest)
     try:
         return int(module.run(args) or 0)
     except UserError as err:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vigsp.config import load_config
-from vigsp.train.distributed import init_process_group, read_env
+from vigsp.train.distributed import cpu_threads_per_rank, init_process_group, read_env
 from vigsp.train.logs import setup_logging
 from vigsp.train.outcome import TrainOutcome
 
@@ -26,6 +26,11 @@ def run_training(
     """
     cfg = load_config(config, list(overrides))
     env = read_env()
+    threads = cpu_threads_per_rank()
+    if threads is not None and env.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
     run_dir = (Path(cfg.run.output_dir) / cfg.run.name).resolve()
     setup_logging(run_dir, env.rank)
     init_process_group(env)
