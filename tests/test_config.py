@@ -231,7 +231,7 @@ def test_cross_section_problems_name_every_key_involved() -> None:
         "quickstart",
         ["schedule.warmup_epochs=5", "deepspeed.micro_batch_per_rank=8", "data.classes=[a,b]"],
     )
-    assert "schedule.warmup_epochs (5.0) must be smaller than run.epochs (5)" in message
+    assert "schedule.warmup_epochs (5.0) must be smaller than run.epochs (4)" in message
     assert "deepspeed.micro_batch_per_rank (8) differs from data.batch_size (64)" in message
     assert "data.classes lists 2 classes but model.num_classes is 10" in message
 
