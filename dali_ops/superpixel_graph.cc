@@ -19,18 +19,26 @@ std::string describe_sample(const ::dali::TensorList<CPUBackend> &input, int i) 
 
 }  // namespace
 
-SuperpixelGraphCPU::SuperpixelGraphCPU(const ::dali::OpSpec &spec)
-    : ::dali::StatelessOperator<CPUBackend>(spec) {
+OpArgs read_op_args(const ::dali::OpSpec &spec) {
+  OpArgs args;
   const auto method = spec.GetArgument<std::string>("method");
   DALI_ENFORCE(method == "slic" || method == "grid",
                "vigsp.superpixel_graph: method must be 'slic' or 'grid', got '" + method + "'");
-  grid_mode_ = method == "grid";
-  params_.n_segments = spec.GetArgument<int>("n_segments");
-  params_.compactness = spec.GetArgument<float>("compactness");
-  params_.max_iter = spec.GetArgument<int>("max_iter");
-  params_.min_size_factor = spec.GetArgument<float>("min_size_factor");
-  params_.subsample_stride = spec.GetArgument<int>("subsample_stride");
-  DALI_ENFORCE(params_.n_segments > 0, "vigsp.superpixel_graph: n_segments must be positive");
+  args.grid = method == "grid";
+  args.params.n_segments = spec.GetArgument<int>("n_segments");
+  args.params.compactness = spec.GetArgument<float>("compactness");
+  args.params.max_iter = spec.GetArgument<int>("max_iter");
+  args.params.min_size_factor = spec.GetArgument<float>("min_size_factor");
+  args.params.subsample_stride = spec.GetArgument<int>("subsample_stride");
+  DALI_ENFORCE(args.params.n_segments > 0, "vigsp.superpixel_graph: n_segments must be positive");
+  return args;
+}
+
+SuperpixelGraphCPU::SuperpixelGraphCPU(const ::dali::OpSpec &spec)
+    : ::dali::StatelessOperator<CPUBackend>(spec) {
+  const OpArgs args = read_op_args(spec);
+  grid_mode_ = args.grid;
+  params_ = args.params;
 }
 
 void SuperpixelGraphCPU::RunImpl(::dali::Workspace &ws) {

@@ -10,6 +10,13 @@
 
 namespace vigsp_dali {
 
+// The schema's arguments, read and checked once for both backends (CPU here, GPU in the .cu).
+struct OpArgs {
+  bool grid = false;  // method == "grid"
+  vigsp::SlicParams params;
+};
+OpArgs read_op_args(const ::dali::OpSpec &spec);
+
 // Stateless (no RNG, no position), so pipelines with enable_checkpointing=True can use it.
 class SuperpixelGraphCPU : public ::dali::StatelessOperator<::dali::CPUBackend> {
  public:

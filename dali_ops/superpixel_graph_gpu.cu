@@ -13,6 +13,7 @@
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "vigsp/superpixel.hpp"
 #include "vigsp/superpixel_cuda.hpp"
+#include "superpixel_graph.h"
 
 namespace vigsp_dali {
 
@@ -74,16 +75,9 @@ size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 class SuperpixelGraphGPU : public ::dali::StatelessOperator<GPUBackend> {
  public:
   explicit SuperpixelGraphGPU(const ::dali::OpSpec& spec) : ::dali::StatelessOperator<GPUBackend>(spec) {
-    const auto method = spec.GetArgument<std::string>("method");
-    DALI_ENFORCE(method == "slic" || method == "grid",
-                 "vigsp.superpixel_graph: method must be 'slic' or 'grid', got '" + method + "'");
-    mode_ = method == "grid" ? vc::Mode::kGrid : vc::Mode::kSlic;
-    params_.n_segments = spec.GetArgument<int>("n_segments");
-    params_.compactness = spec.GetArgument<float>("compactness");
-    params_.max_iter = spec.GetArgument<int>("max_iter");
-    params_.min_size_factor = spec.GetArgument<float>("min_size_factor");
-    params_.subsample_stride = spec.GetArgument<int>("subsample_stride");
-    DALI_ENFORCE(params_.n_segments > 0, "vigsp.superpixel_graph: n_segments must be positive");
+    const OpArgs args = read_op_args(spec);  // the CPU operator's parsing (superpixel_graph.cc)
+    mode_ = args.grid ? vc::Mode::kGrid : vc::Mode::kSlic;
+    params_ = args.params;
   }
   ~SuperpixelGraphGPU() override { vc::device_free(scratch_); }
 

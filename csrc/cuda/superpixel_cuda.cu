@@ -18,18 +18,6 @@ using namespace detail;
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBitsetBytesPerSample = int64_t{256} << 20;
 
-// The CPU's check_params (slic.cpp), repeated so both backends reject the same input.
-void check_slic_params(const SlicParams& p) {
-  if (p.n_segments <= 0) throw InvalidArgument("n_segments must be positive, got " + std::to_string(p.n_segments));
-  if (!(p.compactness > 0.0f) || !std::isfinite(p.compactness))
-    throw InvalidArgument("compactness must be a positive number, got " + std::to_string(p.compactness));
-  if (p.max_iter < 1) throw InvalidArgument("max_iter must be >= 1, got " + std::to_string(p.max_iter));
-  if (p.subsample_stride < 1)
-    throw InvalidArgument("subsample_stride must be >= 1, got " + std::to_string(p.subsample_stride));
-  if (!(p.min_size_factor >= 0.0f && p.min_size_factor <= 1.0f))
-    throw InvalidArgument("min_size_factor must be in [0, 1], got " + std::to_string(p.min_size_factor));
-}
-
 int64_t slic_min_size(const SlicParams& p, int64_t n, int num_clusters) {
   return static_cast<int64_t>(p.min_size_factor * static_cast<double>(n) / num_clusters);
 }
@@ -138,7 +126,7 @@ const char* status_message(int32_t status) {
 }
 
 BatchPlan make_plan(std::span<const SampleShape> shapes, Mode mode, const SlicParams& params, int label_capacity) {
-  if (mode == Mode::kSlic) check_slic_params(params);
+  if (mode == Mode::kSlic) vigsp::check_slic_params(params);  // the CPU core's checks
   if (mode != Mode::kLabels && params.n_segments <= 0)
     throw InvalidArgument("n_segments must be positive, got " + std::to_string(params.n_segments));
   if (mode == Mode::kLabels && label_capacity <= 0)

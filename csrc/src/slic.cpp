@@ -18,7 +18,9 @@ constexpr int kCenterStride = 5;  // L, a, b, y, x
 constexpr int kSumStride = 6;     // L, a, b, y, x, count
 constexpr int kLanes = 16;        // assignment chunk: one AVX-512 vector of floats
 
-void check_params(const SlicParams& p) {
+}  // namespace
+
+void check_slic_params(const SlicParams& p) {
   if (p.n_segments <= 0) throw InvalidArgument("n_segments must be positive, got " + std::to_string(p.n_segments));
   if (!(p.compactness > 0.0f) || !std::isfinite(p.compactness))
     throw InvalidArgument("compactness must be a positive number, got " + std::to_string(p.compactness));
@@ -28,6 +30,8 @@ void check_params(const SlicParams& p) {
   if (!(p.min_size_factor >= 0.0f && p.min_size_factor <= 1.0f))
     throw InvalidArgument("min_size_factor must be in [0, 1], got " + std::to_string(p.min_size_factor));
 }
+
+namespace {
 
 using Window = Workspace::Window;
 
@@ -302,7 +306,7 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
 }  // namespace
 
 int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Workspace& ws) {
-  check_params(params);
+  check_slic_params(params);
   const int height = image.height, width = image.width;
   const GridShape grid = grid_shape(height, width, params.n_segments);
   const int64_t n = static_cast<int64_t>(height) * width;

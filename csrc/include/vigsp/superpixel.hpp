@@ -42,6 +42,9 @@ struct SlicParams {
   int subsample_stride = 1;
 };
 
+// Throws InvalidArgument naming the first bad field; both backends (CPU, CUDA) call it.
+void check_slic_params(const SlicParams& p);
+
 // Rows x cols of the initial SLIC grid and of grid mode. Throws InvalidArgument if the
 // image is smaller than the grid or n_segments <= 0.
 struct GridShape {
