@@ -18,7 +18,14 @@ import pytest
 import submitit
 
 from tests.fixtures import slurm as slurm_fixtures
-from tests.fixtures.slurm import FAKE_GPUS, SlurmCluster, ensure_installed, free_ports, run_script
+from tests.fixtures.slurm import (
+    FAKE_GPUS,
+    SlurmCluster,
+    ensure_installed,
+    free_ports,
+    run_script,
+    sacct_state,
+)
 from vigsp.errors import UserError
 from vigsp.launch.slurm_env import (
     JobRequest,
@@ -339,16 +346,6 @@ def test_sbatch_templates_differ_only_in_their_header() -> None:
         return (TEMPLATES / name).read_text().split("set -euo pipefail", 1)[1]
 
     assert body("train-single-node.sbatch") == body("train-multi-node.sbatch")
-
-
-def sacct_state(job_id: str) -> str:
-    out = subprocess.run(
-        ["sacct", "--noheader", "--allocations", "--format=State", "--jobs", job_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
 
 
 @pytest.mark.slurm

@@ -22,7 +22,7 @@ import submitit
 
 from tests.fixtures import slurm as slurm_fixtures
 from tests.fixtures.datasets import fashion_mnist, write_file_list
-from tests.fixtures.slurm import FAKE_GPUS, SlurmCluster
+from tests.fixtures.slurm import FAKE_GPUS, SlurmCluster, sacct_state
 from vigsp.data.fashion_mnist import PrepareResult
 from vigsp.errors import UserError
 from vigsp.launch.submit import memory_gb
@@ -412,16 +412,6 @@ def test_sweep_of_two_configs_runs_as_one_array_in_one_experiment(workspace: Wor
     )
     assert compare.returncode == 0, compare.stderr
     assert "tiny_slic" in compare.stdout and "tiny_grid" in compare.stdout
-
-
-def sacct_state(job_id: str) -> str:
-    out = subprocess.run(
-        ["sacct", "--noheader", "--allocations", "--format=State", "--jobs", job_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
 
 
 @pytest.mark.slurm
