@@ -149,8 +149,13 @@ class CheckpointManager:
 
     # ---- loading -------------------------------------------------------------------------------
 
-    def load(self, engine: Any, tag_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(client_state, this rank's state) from ``tag_dir``; weights go into ``engine``."""
+    def load_rank_state(self, tag_dir: Path) -> dict[str, Any]:
+        """This rank's data-loader position and RNG states ({} if the tag has none for it)."""
+        own = rank_file(tag_dir, self.env.rank)
+        return torch.load(own, weights_only=False) if own.is_file() else {}
+
+    def load(self, engine: Any, tag_dir: Path) -> dict[str, Any]:
+        """The client_state of ``tag_dir``; weights, optimizer and scheduler go into ``engine``."""
         if not (tag_dir / COMPLETE).is_file():
             raise UserError(f"{tag_dir} is not a complete vigsp checkpoint (no {COMPLETE} file)")
         path, client_state = engine.load_checkpoint(
@@ -158,6 +163,4 @@ class CheckpointManager:
         )
         if path is None:
             raise UserError(f"DeepSpeed could not load {tag_dir}; see the log above")
-        own = rank_file(tag_dir, self.env.rank)
-        rank_state = torch.load(own, weights_only=False) if own.is_file() else {}
-        return client_state or {}, rank_state
+        return client_state or {}

@@ -30,7 +30,7 @@ from vigsp.models import create_model
 from vigsp.models.summary import count_parameters
 from vigsp.tracking import names
 from vigsp.train import artifacts
-from vigsp.train.checkpoint import CheckpointManager, rank_file, rng_state, set_rng_state, tag_for
+from vigsp.train.checkpoint import CheckpointManager, rng_state, set_rng_state, tag_for
 from vigsp.train.distributed import DistEnv, all_reduce_sum, any_rank, barrier
 from vigsp.train.ema import ModelEma
 from vigsp.train.evaluate import evaluate
@@ -176,10 +176,9 @@ class Trainer:
         resume_dir = self._resume_dir()
         saved = self._check_resumable(resume_dir) if resume_dir else None
         rank_state: dict[str, Any] = {}
-        if resume_dir is not None and rank_file(resume_dir, env.rank).is_file():
-            rank_state = torch.load(rank_file(resume_dir, env.rank), weights_only=False)
-        if saved and saved["world_size"] != env.world_size:
-            rank_state = {}  # positions of other ranks' shards: the epoch restarts (warned above)
+        # Positions of another world size's shards are of no use: the epoch restarts (warned above).
+        if resume_dir is not None and saved["world_size"] == env.world_size:
+            rank_state = self.ckpt.load_rank_state(resume_dir)
         self.rank_state = rank_state
 
         # Denormal floats are ~100x slower on x86 CPUs, and dark image backgrounds (Fashion-MNIST
@@ -228,7 +227,7 @@ class Trainer:
 
         client: dict[str, Any] = {}
         if resume_dir is not None:
-            client, _ = self.ckpt.load(engine, resume_dir)
+            client = self.ckpt.load(engine, resume_dir)
             self.pos = Position(**client["position"])
             self.pos.resumes += 1
             if ema is not None and client.get("ema") is not None:
