@@ -336,13 +336,15 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     workspace: Workspace, slurm_cluster: SlurmCluster
 ) -> None:
     ws = workspace
-    epochs = 3
+    # Enough steps that the run cannot end before its USR2 on a fast, warm machine: 800 steps take
+    # about a minute at the ~13 steps/s one rank reaches on 2 idle cores (3 epochs once ended first).
+    epochs = 80
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank: twice the steps per epoch
     # One minute, USR2 30 s before its end. Every USR2 of a job this short counts as a timeout.
     done = vigsp_submit(
         ws,
         str(TINY),
-        *ws.overrides(**{"run.name": "timed-out", "run.epochs": epochs}),
+        *ws.overrides(**{"run.name": "timed-out", "run.epochs": epochs, "checkpoint.every_n_steps": 50}),
         "--tasks-per-node=1",
         f"--cpus-per-task={slurm_cluster.partitions['debug'].max_cpus}",
         "--time=1",
@@ -363,6 +365,8 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     log = job_log(job)
     assert "this job is timed-out" in log
     assert "1 remaining timeouts" in log  # --max-num-timeout 2, one spent
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert resumed and 0 < resumed[0] < total, log  # stopped mid-run, saved, went on from there
     assert_one_clean_mlflow_run(ws, "timed-out", total)
 
 
