@@ -36,6 +36,11 @@ TINY = REPO / "configs" / "tiny_test.yaml"
 VIGSP = [sys.executable, "-m", "vigsp.cli"]
 JOB_TIMEOUT_S = 240
 STEPS_PER_EPOCH_2_RANKS = 5  # 80 images / (2 ranks x batch 8)
+# Jobs that get stopped (preemption, requeue, time limit) must still be training when the stop
+# arrives, seconds after their first checkpoint: a warm run does ~10-13 steps/s on 2 idle cores,
+# so these runs last about half a minute (300 steps) instead of the one second of a few epochs.
+LONG_RUN_EPOCHS = 60
+LONG_RUN_CHECKPOINTS = {"checkpoint.every_n_steps": 20}
 
 
 @dataclass
@@ -247,14 +252,14 @@ def test_preempted_job_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     workspace: Workspace, slurm_cluster: SlurmCluster
 ) -> None:
     ws = workspace
-    epochs = 2
+    epochs = LONG_RUN_EPOCHS
     total = epochs * STEPS_PER_EPOCH_2_RANKS
     whole_node = slurm_cluster.partitions["debug"].max_cpus
     # --time 20: submitit counts a USR2 in the first 10 minutes of a 20-minute job as a preemption.
     done = vigsp_submit(
         ws,
         str(TINY),
-        *ws.overrides(**{"run.name": "preempted", "run.epochs": epochs}),
+        *ws.overrides(**{"run.name": "preempted", "run.epochs": epochs, **LONG_RUN_CHECKPOINTS}),
         "--tasks-per-node=2",
         f"--cpus-per-task={whole_node // 2}",
         "--partition=debug",
@@ -302,12 +307,12 @@ def test_scontrol_requeue_resumes_in_the_same_mlflow_run(
     """`scontrol requeue` sends SIGTERM, no USR2: the engine saves, the job leaves no result, and
     Slurm starts the same submission again, which resumes."""
     ws = workspace
-    epochs = 3
+    epochs = LONG_RUN_EPOCHS // 2
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank
     done = vigsp_submit(
         ws,
         str(TINY),
-        *ws.overrides(**{"run.name": "requeued", "run.epochs": epochs}),
+        *ws.overrides(**{"run.name": "requeued", "run.epochs": epochs, **LONG_RUN_CHECKPOINTS}),
         "--tasks-per-node=1",
         f"--cpus-per-task={slurm_cluster.partitions['debug'].max_cpus}",
         "--time=20",
@@ -336,15 +341,14 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     workspace: Workspace, slurm_cluster: SlurmCluster
 ) -> None:
     ws = workspace
-    # Enough steps that the run cannot end before its USR2 on a fast, warm machine: 800 steps take
-    # about a minute at the ~13 steps/s one rank reaches on 2 idle cores (3 epochs once ended first).
-    epochs = 80
+    # The USR2 comes 30 s after the start, so the run must last longer than that on a warm machine.
+    epochs = LONG_RUN_EPOCHS + LONG_RUN_EPOCHS // 3
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank: twice the steps per epoch
     # One minute, USR2 30 s before its end. Every USR2 of a job this short counts as a timeout.
     done = vigsp_submit(
         ws,
         str(TINY),
-        *ws.overrides(**{"run.name": "timed-out", "run.epochs": epochs, "checkpoint.every_n_steps": 50}),
+        *ws.overrides(**{"run.name": "timed-out", "run.epochs": epochs, **LONG_RUN_CHECKPOINTS}),
         "--tasks-per-node=1",
         f"--cpus-per-task={slurm_cluster.partitions['debug'].max_cpus}",
         "--time=1",
@@ -425,7 +429,7 @@ def test_plain_sbatch_template_runs_vigsp_train_and_requeues_it(workspace: Works
     """The no-submitit way: slurm/templates with the real `vigsp train`, stopped by USR2 as before
     a time limit, requeued by the script on the trainer's exit code, resumed in one MLflow run."""
     ws = workspace
-    epochs = 2
+    epochs = LONG_RUN_EPOCHS
     total = epochs * STEPS_PER_EPOCH_2_RANKS
     venv_bin = Path(sys.executable).parent  # where `vigsp` is: sbatch passes PATH on to the job
     job_id = subprocess.run(
@@ -439,7 +443,7 @@ def test_plain_sbatch_template_runs_vigsp_train_and_requeues_it(workspace: Works
             "--time=10",
             str(REPO / "slurm" / "templates" / "train-single-node.sbatch"),
             str(TINY),
-            *ws.overrides(**{"run.name": "sbatch", "run.epochs": epochs}),
+            *ws.overrides(**{"run.name": "sbatch", "run.epochs": epochs, **LONG_RUN_CHECKPOINTS}),
             f"tracking.tracking_uri={ws.tracking_uri}",
         ],
         cwd=ws.root,
