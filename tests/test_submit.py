@@ -341,7 +341,9 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     workspace: Workspace, slurm_cluster: SlurmCluster
 ) -> None:
     ws = workspace
-    # The USR2 comes 30 s after the start, so the run must last longer than that on a warm machine.
+    # slurmctld sends the USR2 up to one periodic check (30 s) early, so anywhere in the first 30 s:
+    # while the job starts (submitit requeues it at once) or mid-run (the engine saves first). The
+    # run must outlast those 30 s on a warm machine. Mid-run stops are asserted by the tests above.
     epochs = LONG_RUN_EPOCHS + LONG_RUN_EPOCHS // 3
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank: twice the steps per epoch
     # One minute, USR2 30 s before its end. Every USR2 of a job this short counts as a timeout.
@@ -369,8 +371,6 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     log = job_log(job)
     assert "this job is timed-out" in log
     assert "1 remaining timeouts" in log  # --max-num-timeout 2, one spent
-    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log)]
-    assert resumed and 0 < resumed[0] < total, log  # stopped mid-run, saved, went on from there
     assert_one_clean_mlflow_run(ws, "timed-out", total)
 
 
