@@ -12,7 +12,7 @@ same run (target: >= 0.6, i.e. the graph costs at most 40 % of the input through
   into a temporary folder if --fashion-mnist does not exist), n_segments 49 (the quickstart).
 
     python benchmarks/pipeline.py             # about 2 minutes on 2 cores
-    python benchmarks/pipeline.py --quick     # fewer batches
+    python benchmarks/pipeline.py --quick     # shorter turns, fewer repeats (noisy)
 
 Without the compiled operator only the baseline rows are measured, and the reason is printed.
 """
@@ -75,7 +75,11 @@ def photo_folder(dest: Path, count: int = 96) -> Path:
     return dest
 
 
-def batch_streams(case: Case, variants: list[str], batches: int, repeats: int) -> dict:
+# Upper bound on any variant's rate, to size the epochs so that no stream runs dry mid-measurement.
+MAX_RATE = 60_000
+
+
+def batch_streams(case: Case, variants: list[str], seconds: float, repeats: int) -> dict:
     """One training-batch stream per variant (see VARIANTS), warmed up and long enough."""
     from vigsp.data.config import DataConfig
     from vigsp.data.folders import load_split
@@ -96,7 +100,7 @@ def batch_streams(case: Case, variants: list[str], batches: int, repeats: int) -
         )
         index = load_split(cfg, "train")
         # Enough (repeated) files that one epoch covers warm-up and every timed batch.
-        needed = (batches * repeats + 4) * BATCH
+        needed = (int(MAX_RATE * seconds * repeats / BATCH) + repeats + 4) * BATCH
         index = index.subset(np.resize(np.arange(len(index)), max(needed, len(index))))
         stream = TrainLoader(cfg, index=index).iter_epoch(0)
         for _ in range(3):  # warm-up: pipeline start, prefetch queue filled
@@ -105,17 +109,20 @@ def batch_streams(case: Case, variants: list[str], batches: int, repeats: int) -
     return streams
 
 
-def throughputs(case: Case, variants: list[str], batches: int, repeats: int) -> dict:
-    """Median images per second of each variant. The variants take turns, so that a slow spell of
-    the machine (other jobs) hits all of them alike and the ratios stay fair."""
-    streams = batch_streams(case, variants, batches, repeats)
+def throughputs(case: Case, variants: list[str], seconds: float, repeats: int) -> dict:
+    """Median images per second of each variant, each turn taking whole batches for at least
+    ``seconds`` (a fixed batch count would time 28 px pipelines over a few tens of milliseconds).
+    The variants take turns, so that a slow spell of the machine (other jobs) hits all of them
+    alike and the ratios stay fair."""
+    streams = batch_streams(case, variants, seconds, repeats)
     rates: dict[str, list[float]] = {variant: [] for variant in variants}
     for _ in range(repeats):
         for variant, stream in streams.items():
-            start = time.perf_counter()
-            for _ in range(batches):
+            batches, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
                 next(stream)
-            rates[variant].append(batches * BATCH / (time.perf_counter() - start))
+                batches += 1
+            rates[variant].append(batches * BATCH / elapsed)
     return {variant: statistics.median(values) for variant, values in rates.items()}
 
 
@@ -141,10 +148,10 @@ def operator_problem() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer batches per measurement")
+    parser.add_argument("--quick", action="store_true", help="0.3 s turns, 3 repeats (noisy)")
     parser.add_argument("--fashion-mnist", type=Path, default=Path("data/fashion_mnist"))
     args = parser.parse_args()
-    batches, repeats = (3, 3) if args.quick else (6, 7)
+    seconds, repeats = (0.3, 3) if args.quick else (1.0, 7)
 
     from vigsp.data.fashion_mnist import prepare_fashion_mnist
 
@@ -165,7 +172,7 @@ def main() -> None:
             table.add_column(column, justify="left" if column == "data" else "right")
         for case in cases:
             variants = ["no graph"] if problem else list(VARIANTS)
-            rates = throughputs(case, variants, batches, repeats)
+            rates = throughputs(case, variants, seconds, repeats)
             base = rates["no graph"]
             row = [case.name, f"{case.size}x{case.size}", str(case.n_segments), f"{base:,.0f}"]
             for graph in graphs:

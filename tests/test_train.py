@@ -71,7 +71,10 @@ def test_sigkill_mid_epoch_resumes_bit_exact(data, reference, tmp_path) -> None:
     # Past the step-4 and step-8 checkpoints, inside the first epoch (steps 1-10).
     wait_for(lambda: last_step(run_dir) >= 9, 240, "step 9", group)
     group.kill()
-    assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step_00000008"
+    # Step 8's checkpoint, or step 12's if the run got there before the kill landed (a warm run
+    # does ~10 steps/s): either way it died mid-run, past a checkpoint.
+    latest = (run_dir / "checkpoints" / LATEST).read_text().strip()
+    assert latest in ("step_00000008", "step_00000012") and last_step(run_dir) < TOTAL_STEPS
     resumed = train(tmp_path, data)
     finish(resumed)
     assert "resumed from" in resumed.output(0)
