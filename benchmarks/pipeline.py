@@ -3,8 +3,10 @@
 For each image size the same pipeline (read, decode, random resized crop, flip, colour jitter,
 normalise, batch) runs without and with ``fn.vigsp.superpixel_graph`` (SLIC, SLIC with
 ``subsample_stride=3``, and the grid ablation), on every core, batch 64, the variants taking
-turns. The figure that matters is each ratio against the pipeline without the operator, in the
-same run (target: >= 0.6, i.e. the graph costs at most 40 % of the input throughput).
+turns. The graph variants carry what training carries (label maps, node features and counts:
+MODEL_GRAPH_OUTPUTS); "SLIC, all outputs" also pads and carries the RAG edges and pixel masks.
+The figure that matters is each ratio against the pipeline without the operator, in the same
+run (target: >= 0.6, i.e. the graph costs at most 40 % of the input throughput).
 
 * 224x224: ImageNet-like JPEGs, random 300-500 px crops of the real photos that scikit-image and
   scikit-learn ship, n_segments 196 (the ImageNet configs);
@@ -40,7 +42,9 @@ VARIANTS: dict[str, dict | None] = {
     "SLIC": {"method": "slic"},
     "SLIC stride 3": {"method": "slic", "subsample_stride": 3},
     "grid": {"method": "grid"},
+    "SLIC, all outputs": {"method": "slic"},
 }
+ALL_OUTPUTS = {"SLIC, all outputs"}  # the others carry only what the model reads
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ def batch_streams(case: Case, variants: list[str], seconds: float, repeats: int)
     from vigsp.data.config import DataConfig
     from vigsp.data.folders import load_split
     from vigsp.data.loader import TrainLoader
+    from vigsp.data.pipelines import GRAPH_OUTPUTS, MODEL_GRAPH_OUTPUTS
 
     streams = {}
     for variant in variants:
@@ -102,7 +107,8 @@ def batch_streams(case: Case, variants: list[str], seconds: float, repeats: int)
         # Enough (repeated) files that one epoch covers warm-up and every timed batch.
         needed = (int(MAX_RATE * seconds * repeats / BATCH) + repeats + 4) * BATCH
         index = index.subset(np.resize(np.arange(len(index)), max(needed, len(index))))
-        stream = TrainLoader(cfg, index=index).iter_epoch(0)
+        outputs = GRAPH_OUTPUTS if variant in ALL_OUTPUTS else MODEL_GRAPH_OUTPUTS
+        stream = TrainLoader(cfg, index=index, outputs=outputs).iter_epoch(0)
         for _ in range(3):  # warm-up: pipeline start, prefetch queue filled
             next(stream)
         streams[variant] = stream

@@ -22,7 +22,7 @@ from vigsp import superpixels
 from vigsp.data.config import DataConfig
 from vigsp.data.fashion_mnist import PrepareResult
 from vigsp.data.loader import BadImageError, Batch, EvalLoader, GraphCapacityError, TrainLoader
-from vigsp.data.pipelines import choose_decoder
+from vigsp.data.pipelines import MODEL_GRAPH_OUTPUTS, choose_decoder
 from vigsp.errors import UserError
 
 pytestmark = pytest.mark.dali
@@ -123,6 +123,21 @@ def test_train_epoch_shapes_labels_and_graph(fashion_mnist: PrepareResult, lists
         check_graph_fields(batch, cfg, method)
     if method == "grid":
         assert torch.all(torch.cat([b.node_counts for b in batches]) == 16)  # 4 x 4 cells
+
+
+def test_model_outputs_only_carry_what_the_model_reads(fashion_mnist: PrepareResult, lists) -> None:  # noqa: F811
+    # What training asks for: the same label maps, features and counts, without edges and pixel masks.
+    cfg = make_config(fashion_mnist, lists)
+    full = list(TrainLoader(cfg).iter_epoch(0))[:3]
+    lean_loader = TrainLoader(cfg, outputs=MODEL_GRAPH_OUTPUTS)
+    assert "edges" not in lean_loader.output_names and "pixel_mask" not in lean_loader.output_names
+    lean = list(lean_loader.iter_epoch(0))[:3]
+    for a, b in zip(full, lean, strict=True):
+        for name in ("images", "labels", "label_maps", "node_features", "node_counts", "node_mask"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert b.edges is None and b.edge_counts is None and b.pixel_mask is None
+    with pytest.raises(ValueError, match="unknown pipeline outputs"):
+        TrainLoader(cfg, outputs=("images", "edgez"))
 
 
 def test_eval_batches_are_the_decoded_files(fashion_mnist: PrepareResult, lists) -> None:  # noqa: F811

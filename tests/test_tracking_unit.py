@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from vigsp.tracking.names import EMBEDDED_ARTIFACTS
 from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, ParamsOp, TagsOp, Unlogged
 from vigsp.tracking.params import KEY_LIMIT, PARAM_VALUE_LIMIT, TRUNCATION_MARK, config_params, flatten
 from vigsp.tracking.sender import RunSpec, Sender
-from vigsp.tracking.store import artifact_location, resolve_tracking_uri, sqlite_path
+from vigsp.tracking.store import artifact_location, open_client, resolve_tracking_uri, sqlite_path
 from vigsp.tracking.tracker import RunEnd, TerminatedBySignal, end_for_exception
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +95,28 @@ def test_sqlite_store_keeps_artifacts_next_to_the_database(tmp_path: Path):
     assert sqlite_path("sqlite:///rel.db") == Path("rel.db")
     assert artifact_location(uri) == (tmp_path / "sub" / EMBEDDED_ARTIFACTS).as_uri()
     assert artifact_location("http://host:5000") is None
+
+
+def _open_fresh_store(uri: str, barrier: Any) -> None:
+    barrier.wait()  # all at once, as the jobs of a sweep starting together
+    open_client(uri).search_experiments()
+
+
+def test_processes_opening_a_fresh_sqlite_store_together_all_succeed(tmp_path: Path):
+    # Unlocked, MLflow's schema creation races: most openers die and the store can be left
+    # half-migrated for every later client.
+    import mlflow  # noqa: F401  imported before forking, so the openers start at the same moment
+
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(4)
+    openers = [ctx.Process(target=_open_fresh_store, args=(uri, barrier)) for _ in range(4)]
+    for p in openers:
+        p.start()
+    for p in openers:
+        p.join(120)
+    assert [p.exitcode for p in openers] == [0, 0, 0, 0]
+    assert open_client(uri).search_experiments()  # the Default experiment: a complete schema
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from vigsp.tracking.store import (
         INTERACTIVE_HTTP_ENV,
         apply_http_defaults,
+        open_client,
         resolve_tracking_uri,
         sqlite_path,
     )
@@ -97,9 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_runs < 1:
         raise UserError("--max-runs must be at least 1")
     apply_http_defaults(INTERACTIVE_HTTP_ENV)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
+    client = open_client(uri)
     names = args.experiment or [DEFAULT_EXPERIMENT]
     experiments = _experiments(client, uri, names)
     runs = _search(client, uri, list(experiments), args.filter, args.max_runs)

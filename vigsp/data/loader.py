@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ from vigsp.data.pipelines import (
     READER_NAME,
     SuperpixelStep,
     build_pipeline,
+    check_output_names,
     choose_decoder,
     dali_superpixel_step,
 )
@@ -65,7 +66,8 @@ class GraphCapacityError(UserError):
 
 @dataclass
 class Batch:
-    """One rank's batch. Graph fields are None when the pipeline has no superpixel step.
+    """One rank's batch. Graph fields are None when the pipeline has no superpixel step, or when
+    the loader was not asked for them (``outputs``; training asks for MODEL_GRAPH_OUTPUTS only).
 
     images        [B, 3, S, S] float32, normalised
     labels        [B] int64 class index
@@ -129,6 +131,7 @@ class _Loader:
         classes: tuple[str, ...] | None,
         superpixel_step: StepSetting,
         device_id: int | None,
+        outputs: Sequence[str] = GRAPH_OUTPUTS,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -142,7 +145,12 @@ class _Loader:
         self.step = _resolve_step(cfg, superpixel_step)
         self.decoder = choose_decoder(cfg.decoder)
         self.device_id = device_id if device_id is not None else _default_device_id()
-        self.output_names = GRAPH_OUTPUTS if self.step is not None else PLAIN_OUTPUTS
+        check_output_names(outputs)
+        # Images, index and node counts always travel (the node mask and the capacity check need them).
+        wanted = {*outputs, *PLAIN_OUTPUTS, "node_counts"}
+        self.output_names = (
+            tuple(n for n in GRAPH_OUTPUTS if n in wanted) if self.step is not None else PLAIN_OUTPUTS
+        )
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -163,6 +171,7 @@ class _Loader:
             seed=seed,
             device_id=self.device_id,
             checkpoint=checkpoint,
+            outputs=self.output_names,
         )
 
     def _batch(self, out: dict[str, torch.Tensor]) -> Batch:
@@ -171,16 +180,19 @@ class _Loader:
         if self.step is None:
             return batch
         node_counts = out["node_counts"].reshape(-1)
-        edge_counts = out["edge_counts"].reshape(-1)
         self._check_capacity(index, node_counts, self.cfg.node_capacity, "superpixels", "data.max_nodes")
-        self._check_capacity(index, edge_counts, self.cfg.edge_capacity, "adjacency edges", "data.max_edges")
-        batch.label_maps = out["label_maps"]
-        batch.node_features = out["node_features"]
         batch.node_counts = node_counts
         batch.node_mask = torch.arange(self.cfg.node_capacity) < node_counts[:, None]
-        batch.edges = out["edges"]
-        batch.edge_counts = edge_counts
-        batch.pixel_mask = out["pixel_mask"]
+        if "edge_counts" in out:
+            edge_counts = out["edge_counts"].reshape(-1)
+            self._check_capacity(
+                index, edge_counts, self.cfg.edge_capacity, "adjacency edges", "data.max_edges"
+            )
+            batch.edge_counts = edge_counts
+        batch.label_maps = out.get("label_maps")
+        batch.node_features = out.get("node_features")
+        batch.edges = out.get("edges")
+        batch.pixel_mask = out.get("pixel_mask")
         return batch
 
     def _check_capacity(
@@ -260,6 +272,7 @@ class TrainLoader(_Loader):
         superpixel_step: StepSetting = "auto",
         device_id: int | None = None,
         state: dict[str, Any] | None = None,
+        outputs: Sequence[str] = GRAPH_OUTPUTS,
     ) -> None:
         super().__init__(
             cfg,
@@ -269,6 +282,7 @@ class TrainLoader(_Loader):
             classes=classes,
             superpixel_step=superpixel_step,
             device_id=device_id,
+            outputs=outputs,
         )
         global_batch = world_size * cfg.batch_size
         self.steps_per_epoch = len(self.index) // global_batch
@@ -391,6 +405,7 @@ class EvalLoader(_Loader):
         classes: tuple[str, ...] | None = None,
         superpixel_step: StepSetting = "auto",
         device_id: int | None = None,
+        outputs: Sequence[str] = GRAPH_OUTPUTS,
     ) -> None:
         super().__init__(
             cfg,
@@ -400,6 +415,7 @@ class EvalLoader(_Loader):
             classes=classes,
             superpixel_step=superpixel_step,
             device_id=device_id,
+            outputs=outputs,
         )
         if len(self.index) < world_size:
             raise UserError(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from vigsp.tracking.names import RUN_FILE, TAG_CHANGED_PARAMS, TAG_RESUME_COUNT, TAG_RUN_NAME
 from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, Op, ParamsOp, TagsOp, Unlogged
 from vigsp.tracking.params import METRICS_PER_BATCH, PARAMS_PER_BATCH
-from vigsp.tracking.store import get_or_create_experiment, is_transient
+from vigsp.tracking.store import get_or_create_experiment, is_transient, open_client
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -318,11 +318,9 @@ class Sender(threading.Thread):
 
     def _open_run(self) -> None:
         """Create or resume the run. Safe to retry: each step remembers that it is done."""
-        from mlflow import MlflowClient
-
         spec = self.spec
         if self._client is None:
-            self._client = MlflowClient(spec.tracking_uri)
+            self._client = open_client(spec.tracking_uri)
         client = self._client
         if self.run_id is None:
             run = self._find_run(client, spec.run_id) if spec.run_id else None

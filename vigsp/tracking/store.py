@@ -8,7 +8,10 @@ otherwise put them in ``./mlruns``). Browse it with
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +57,33 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith(prefix):
         return None
     return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
+@contextmanager
+def sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Held while a client opens the store. MLflow creates and migrates a sqlite store's schema
+    when a client first opens it, and two processes doing that at once (the jobs of a sweep on a
+    fresh store) can leave it half-migrated ("table _alembic_tmp_tags already exists" for every
+    later client). One opener at a time, across processes: flock on ``<db>.lock`` beside it."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient on ``uri``; a sqlite store is opened under :func:`sqlite_init_lock`."""
+    from mlflow import MlflowClient
+
+    with sqlite_init_lock(uri):
+        return MlflowClient(uri)
 
 
 def artifact_location(uri: str) -> str | None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from vigsp.config import check_resume_compatible, config_hash, resolved_yaml, scaled_lr, to_deepspeed_config
 from vigsp.config.schema import TrainConfig
 from vigsp.data.loader import Batch, EvalLoader, TrainLoader, make_loaders
+from vigsp.data.pipelines import MODEL_GRAPH_OUTPUTS
 from vigsp.errors import UserError
 from vigsp.models import create_model
 from vigsp.models.summary import count_parameters
@@ -197,6 +198,7 @@ class Trainer:
             state=rank_state.get("data"),
             device_id=env.dali_device_id,
             superpixel_step="auto" if getattr(model, "needs_superpixels", False) else None,
+            outputs=MODEL_GRAPH_OUTPUTS,
         )
         accum = cfg.deepspeed.gradient_accumulation_steps
         steps_per_epoch = train_loader.steps_per_epoch // accum
