@@ -139,6 +139,16 @@ VIGSP_HOT int64_t assign_rows(const Sweep& s) {
   return changed;
 }
 
+// One cluster's dx² table: spatial_weight * (x - cx)² inside its window, inf outside (so those
+// lanes never win). Branch-free, so that it vectorises; small images spend ~15 % of SLIC here.
+VIGSP_HOT void fill_dx2(float* __restrict dx2, int n, int first_x, Window w, float cx, float spatial_weight) {
+  for (int i = 0; i < n; ++i) {
+    const int x = first_x + i;
+    const float value = spatial_weight * (x - cx) * (x - cx);
+    dx2[i] = x >= w.x0 && x < w.x1 ? value : std::numeric_limits<float>::infinity();
+  }
+}
+
 // Builds the sweep's per-iteration tables: each live cluster's window (+-one grid step around
 // its centre, as in Achanta et al.), its dx² table, and the per-row candidate lists.
 void prepare_sweep(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
@@ -181,9 +191,8 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
   for (int k = 0; k < num_clusters; ++k) {
     const Window w = ws.windows[k];
     const float* c = centers + k * kCenterStride;
-    float* dx2 = ws.dx2.data() + ws.dx2_offset[k];
-    for (int x = w.x0 / kLanes * kLanes, i = 0; i < ws.dx2_offset[k + 1] - ws.dx2_offset[k]; ++x, ++i)
-      dx2[i] = x >= w.x0 && x < w.x1 ? spatial_weight * (x - c[4]) * (x - c[4]) : std::numeric_limits<float>::infinity();
+    fill_dx2(ws.dx2.data() + ws.dx2_offset[k], ws.dx2_offset[k + 1] - ws.dx2_offset[k], w.x0 / kLanes * kLanes, w,
+             c[4], spatial_weight);
     for (int y = w.y0; y < w.y1; ++y) ws.row_list[ws.row_fill[y]++] = k;
   }
 }
