@@ -120,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
-    repeats_fast, repeats_slow = (5, 1) if args.quick else (30, 3)
+    # skimage moved ±25 % between runs as a median of 3 passes: the anchor gets 7.
+    repeats_fast, repeats_slow = (5, 1) if args.quick else (30, 7)
 
     from skimage import graph as skgraph
     from skimage.segmentation import slic as skimage_slic
