@@ -1,5 +1,6 @@
 #include "superpixel_graph.h"
 
+#include <algorithm>
 #include <exception>
 #include <mutex>
 
@@ -90,13 +91,12 @@ void SuperpixelGraphCPU::RunImpl(::dali::Workspace &ws) {
   // consecutive samples, so that queueing a task per sample does not cost as much as the work;
   // but at least kTasksPerThread groups per thread, or a few large groups leave threads idle
   // (3 groups on 2 threads take as long as 4).
-  constexpr int64_t kMinTaskPixels = 32 * 32 * 4;
+  constexpr int64_t kMinTaskPixels = 32 * 32 * 4, kMaxTaskPixels = 64 * 64 * 4;
   constexpr int kTasksPerThread = 4;
   int64_t batch_pixels = 0;
   for (int i = 0; i < batch; ++i) batch_pixels += in_shape.tensor_size(i) / 3;
-  const int64_t task_pixels = std::min<int64_t>(
-      std::max<int64_t>(kMinTaskPixels, batch_pixels / (kTasksPerThread * std::max(1, pool.NumThreads()))),
-      64 * 64 * 4);
+  const int64_t task_pixels = std::clamp<int64_t>(
+      batch_pixels / (kTasksPerThread * std::max(1, pool.NumThreads())), kMinTaskPixels, kMaxTaskPixels);
   int first = 0;
   while (first < batch) {
     int last = first;

@@ -46,7 +46,7 @@ GRAPH_OUTPUTS = (
 )
 # What the ViG-SP models read (the pixel GCN rebuilds the pixel graph from the label map, and the
 # backbone's graph is its own kNN): a pipeline without the other outputs skips padding and copying
-# them, a third of the graph's cost at Fashion-MNIST sizes.
+# them for every batch (BENCHMARKS.md, the pipeline's "all outputs" column).
 MODEL_GRAPH_OUTPUTS = (*PLAIN_OUTPUTS, "label_maps", "node_features", "node_counts")
 
 # timm's magnitudes run 0-10; 101 DALI bins give them a resolution of 0.1.
