@@ -307,7 +307,7 @@ def test_scontrol_requeue_resumes_in_the_same_mlflow_run(
     """`scontrol requeue` sends SIGTERM, no USR2: the engine saves, the job leaves no result, and
     Slurm starts the same submission again, which resumes."""
     ws = workspace
-    epochs = LONG_RUN_EPOCHS // 2
+    epochs = LONG_RUN_EPOCHS // 2  # one rank takes twice the steps per epoch: the same 300 steps
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank
     done = vigsp_submit(
         ws,
@@ -343,8 +343,9 @@ def test_job_at_its_time_limit_is_requeued_and_finishes(
     ws = workspace
     # slurmctld sends the USR2 up to one periodic check (30 s) early, so anywhere in the first 30 s:
     # while the job starts (submitit requeues it at once) or mid-run (the engine saves first). The
-    # run must outlast those 30 s on a warm machine. Mid-run stops are asserted by the tests above.
-    epochs = LONG_RUN_EPOCHS + LONG_RUN_EPOCHS // 3
+    # run must outlast those 30 s on a warm machine: 800 steps, about a minute. Mid-run stops are
+    # asserted by the other stop tests (preemption, scontrol requeue, sbatch).
+    epochs = 80
     total = epochs * 2 * STEPS_PER_EPOCH_2_RANKS  # one rank: twice the steps per epoch
     # One minute, USR2 30 s before its end. Every USR2 of a job this short counts as a timeout.
     done = vigsp_submit(
