@@ -50,6 +50,19 @@ def test_graph_with_many_labels_uses_sorted_pairs_path() -> None:
     assert_graph_matches_reference(image, sp.graph_from_labels(image, labels))
 
 
+@pytest.mark.parametrize("width", [8224, 8225, 9000])
+def test_graph_of_rows_too_wide_for_the_packed_colour_prefix(width: int) -> None:
+    # build_graph sums run colours from a row prefix with 21-bit fields, exact for runs up to 8224
+    # pixels of 255; wider rows take the per-pixel path. Row 0 is one saturated run of the width.
+    rng = np.random.default_rng(width)
+    labels = np.repeat(np.sort(rng.integers(0, 5, size=(3, 40)), axis=1), -(-width // 40), axis=1)[:, :width]
+    labels[0] = 5
+    labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+    image = np.full((3, width, 3), 255, dtype=np.uint8)
+    image[1] = rng.integers(0, 256, size=(width, 3), dtype=np.uint8)
+    assert_graph_matches_reference(image, sp.graph_from_labels(image, labels))
+
+
 @pytest.mark.parametrize("path", library_jpegs(), ids=lambda p: p.name)
 def test_slic_graph_on_real_images(path) -> None:
     image = load_rgb(path)[:300, :300].copy()

@@ -25,22 +25,42 @@ VIGSP_HOT void mask_row(const int32_t* row, const int32_t* below, int width, uin
     for (int x = 0; x < width; ++x) mask[x] |= static_cast<uint8_t>((row[x] == below[x]) << 1);
 }
 
-// One bit per byte of the 8 mask bytes at m: set where the byte lacks `bit`. Scanning a word
-// at a time skips the long stretches inside a superpixel without a branch per pixel.
-inline uint64_t lacking(const uint8_t* m, uint8_t bit) {
-  uint64_t word;
-  std::memcpy(&word, m, sizeof word);
-  return ~word & (uint64_t{0x0101010101010101} * bit);
+// Colour sums of runs come from a row prefix of R | G << 21 | B << 42 in one 64-bit word per
+// pixel: a field cannot carry into the next while the row has at most 2^21 / 255 pixels.
+constexpr int kFieldBits = 21;
+constexpr uint64_t kFieldMask = (uint64_t{1} << kFieldBits) - 1;
+constexpr int kMaxPackedWidth = static_cast<int>(kFieldMask / 255);
+
+// prefix[x] = packed colour sum of pixels 0..x-1 (width + 1 words).
+inline void colour_prefix(const uint8_t* __restrict rgb, int width, uint64_t* __restrict prefix) {
+  uint64_t sum = 0;
+  prefix[0] = 0;
+  for (int x = 0; x < width; ++x) {
+    sum += rgb[3 * x] | static_cast<uint64_t>(rgb[3 * x + 1]) << kFieldBits |
+           static_cast<uint64_t>(rgb[3 * x + 2]) << (2 * kFieldBits);
+    prefix[x + 1] = sum;
+  }
 }
 
-// First x >= from whose mask byte lacks kSameRight: the end of the run starting at `from`.
-// mask[width - 1] never has it, so the scan stops inside the row.
-inline int run_last(const uint8_t* mask, int from, int width) {
-  int x = from;
-  for (; x + 8 <= width; x += 8)
-    if (const uint64_t m = lacking(mask + x, kSameRight)) return x + std::countr_zero(m) / 8;
-  while (mask[x] & kSameRight) ++x;
-  return x;
+// Bit x of ends: the run ends at x (kSameRight unset; always so in the last column); of downs:
+// the pixel below differs (kSameDown unset; the last row sets none).
+inline void mask_bits(const uint8_t* __restrict mask, int width, uint64_t* __restrict ends,
+                      uint64_t* __restrict downs) {
+  constexpr uint64_t kLow = 0x0101010101010101, kGather = 0x0102040810204080;  // byte i's bit 0 -> bit 56 + i
+  const int words = (width + 63) / 64;
+  std::fill(ends, ends + words, 0);
+  std::fill(downs, downs + words, 0);
+  int x = 0;
+  for (; x + 8 <= width; x += 8) {
+    uint64_t m;
+    std::memcpy(&m, mask + x, sizeof m);
+    ends[x >> 6] |= (((~m & kLow) * kGather) >> 56) << (x & 63);
+    downs[x >> 6] |= (((~(m >> 1) & kLow) * kGather) >> 56) << (x & 63);
+  }
+  for (; x < width; ++x) {
+    ends[x >> 6] |= static_cast<uint64_t>(!(mask[x] & kSameRight)) << (x & 63);
+    downs[x >> 6] |= static_cast<uint64_t>(!(mask[x] & kSameDown)) << (x & 63);
+  }
 }
 
 class AdjacencySet {
@@ -126,51 +146,70 @@ VIGSP_HOT void build_graph(const ImageView& image, const int32_t* labels, int nu
   }
   AdjacencySet adjacency(num_labels, ws.adjacency);
 
+  // Per-row scratch: the packed colour prefix, and one bit per pixel where a run ends (the right
+  // neighbour differs) or the pixel below differs. Runs are then found a bit at a time, without
+  // a branch per pixel, and each run's colour costs one subtraction.
+  const int words = (width + 63) / 64;
+  ws.row_colour.resize(width + 1);
+  ws.row_bits.resize(2 * static_cast<size_t>(words));
+  uint64_t* colour = ws.row_colour.data();
+  uint64_t *ends = ws.row_bits.data(), *downs = ends + words;
+  const bool packed = width <= kMaxPackedWidth;
   for (int y = 0; y < height; ++y) {
     const int32_t* row = labels + static_cast<int64_t>(y) * width;
     const int32_t* below = y + 1 < height ? row + width : nullptr;
     uint8_t* mask = pixel_mask + static_cast<int64_t>(y) * width;
     mask_row(row, below, width, mask);
+    mask_bits(mask, width, ends, downs);
     const uint8_t* rgb = image.row(y);
-    // Runs of one label: accumulate colour per pixel, geometry per run.
+    if (packed) colour_prefix(rgb, width, colour);
+    // Runs of one label: colour and geometry per run.
     int x = 0;
-    while (x < width) {
-      const int32_t k = row[x];
-      const int end = run_last(mask, x, width) + 1;
-      int64_t sr = 0, sg = 0, sb = 0;
-      for (int i = x; i < end; ++i) {
-        sr += rgb[3 * i];
-        sg += rgb[3 * i + 1];
-        sb += rgb[3 * i + 2];
+    for (int w = 0; w < words; ++w) {
+      for (uint64_t bits = ends[w]; bits != 0; bits &= bits - 1) {
+        const int end = w * 64 + std::countr_zero(bits) + 1;
+        const int32_t k = row[x];
+        int64_t sr, sg, sb;
+        if (packed) {
+          const uint64_t sum = colour[end] - colour[x];
+          sr = static_cast<int64_t>(sum & kFieldMask);
+          sg = static_cast<int64_t>((sum >> kFieldBits) & kFieldMask);
+          sb = static_cast<int64_t>(sum >> (2 * kFieldBits));
+        } else {  // rows wider than kMaxPackedWidth
+          sr = sg = sb = 0;
+          for (int i = x; i < end; ++i) {
+            sr += rgb[3 * i];
+            sg += rgb[3 * i + 1];
+            sb += rgb[3 * i + 2];
+          }
+        }
+        int64_t* s = ws.accum.data() + static_cast<int64_t>(k) * kAccStride;
+        const int64_t run = end - x;
+        s[kCount] += run;
+        s[kSumY] += run * y;
+        s[kSumX] += (static_cast<int64_t>(x) + end - 1) * run / 2;
+        s[kMinY] = std::min<int64_t>(s[kMinY], y);
+        s[kMaxY] = std::max<int64_t>(s[kMaxY], y);
+        s[kMinX] = std::min<int64_t>(s[kMinX], x);
+        s[kMaxX] = std::max<int64_t>(s[kMaxX], end - 1);
+        s[kSumR] += sr;
+        s[kSumG] += sg;
+        s[kSumB] += sb;
+        if (end < width) adjacency.add(k, row[end]);
+        x = end;
       }
-      int64_t* s = ws.accum.data() + static_cast<int64_t>(k) * kAccStride;
-      const int64_t run = end - x;
-      s[kCount] += run;
-      s[kSumY] += run * y;
-      s[kSumX] += (static_cast<int64_t>(x) + end - 1) * run / 2;
-      s[kMinY] = std::min<int64_t>(s[kMinY], y);
-      s[kMaxY] = std::max<int64_t>(s[kMaxY], y);
-      s[kMinX] = std::min<int64_t>(s[kMinX], x);
-      s[kMaxX] = std::max<int64_t>(s[kMaxX], end - 1);
-      s[kSumR] += sr;
-      s[kSumG] += sg;
-      s[kSumB] += sb;
-      if (end < width) adjacency.add(k, row[end]);
-      x = end;
     }
     if (below != nullptr) {
       int32_t last_a = -1, last_b = -1;  // boundaries repeat the same pair along a row
-      auto visit = [&](int xi) {
-        if (row[xi] == last_a && below[xi] == last_b) return;
-        last_a = row[xi];
-        last_b = below[xi];
-        adjacency.add(last_a, last_b);
-      };
-      int xi = 0;
-      for (; xi + 8 <= width; xi += 8)
-        for (uint64_t m = lacking(mask + xi, kSameDown); m != 0; m &= m - 1) visit(xi + std::countr_zero(m) / 8);
-      for (; xi < width; ++xi)
-        if (!(mask[xi] & kSameDown)) visit(xi);
+      for (int w = 0; w < words; ++w) {
+        for (uint64_t bits = downs[w]; bits != 0; bits &= bits - 1) {
+          const int xi = w * 64 + std::countr_zero(bits);
+          if (row[xi] == last_a && below[xi] == last_b) continue;
+          last_a = row[xi];
+          last_b = below[xi];
+          adjacency.add(last_a, last_b);
+        }
+      }
     }
   }
   for (int k = 0; k < num_labels; ++k)

@@ -88,6 +88,7 @@ struct Workspace {
   std::vector<int32_t> queue;      // unused since connectivity works on runs; kept for compatibility
   std::vector<uint64_t> adjacency; // RAG bitset
   std::vector<int64_t> accum;      // per-node integer sums for the features
+  std::vector<uint64_t> row_colour, row_bits;  // build_graph's per-row scratch (opaque)
   // SLIC sweep tables, rebuilt every iteration (opaque: layout may change).
   struct Window {
     int y0, y1, x0, x1;
