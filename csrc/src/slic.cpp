@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -50,9 +51,9 @@ struct Sweep {
   const int32_t* row_list;
   float* row_dist;            // width rounded up to kLanes
   int32_t* row_best;          // same; the row's clusters while candidates pass over it
-  int32_t* row_previous;      // width
   int32_t* assignment;
   double* sums;               // nullptr: do not track sums (the final full pass after subsampling)
+  bool first;                 // every pixel is unassigned (-1): add each to its cluster
 };
 
 // One cluster's pass over a row: keep, per pixel, the nearest centre seen so far. It works on
@@ -77,8 +78,8 @@ struct Sweep {
   }
 }
 
-// Sums hold float values in double; moving only the pixels that changed cluster, in raster
-// order, gives the same sums as adding every pixel again.
+// Sums hold float values in double, so moving only the pixels that changed cluster keeps them
+// equal to a fresh sum up to double rounding.
 inline void move_pixel(double* sums, int32_t from, int32_t to, double l, double a, double b, double y, double x) {
   if (from >= 0) {
     double* s = sums + static_cast<int64_t>(from) * kSumStride;
@@ -119,22 +120,54 @@ VIGSP_HOT int64_t assign_rows(const Sweep& s) {
       assign_chunks(s.l + base + x0, s.a + base + x0, s.b + base + x0, s.dx2 + s.dx2_offset[k], n, c[0], c[1],
                     c[2], dy2, k, s.row_dist + x0, s.row_best + x0);
     }
-    if (s.sums != nullptr) std::copy(row, row + width, s.row_previous);
-    std::copy(s.row_best, s.row_best + width, row);
-    if (s.sums == nullptr) continue;
-    // Few pixels change after the first iterations: find them 16 at a time with a vector
-    // compare instead of a branch per pixel.
-    for (int x0 = 0; x0 < width; x0 += 16) {
-      const int n = std::min(16, width - x0);
-      uint32_t moved = 0;
-      for (int i = 0; i < n; ++i) moved |= static_cast<uint32_t>(s.row_previous[x0 + i] != row[x0 + i]) << i;
-      for (; moved != 0; moved &= moved - 1) {
-        const int x = x0 + std::countr_zero(moved);
-        const int64_t p = base + x;
-        ++changed;
-        move_pixel(s.sums, s.row_previous[x], row[x], s.l[p], s.a[p], s.b[p], y, x);
+    if (s.sums != nullptr && s.first) {
+      // The first sweep adds every pixel: sum each run of one cluster apart (short independent
+      // chains instead of one dependent chain per cluster), then add the run to its cluster.
+      // This reassociates the double sums of float values, which can round differently only
+      // for values far below the sum's ulp; labels were bit-identical on the A/B set
+      // (BENCHMARKS.md).
+      for (int x = 0; x < width;) {
+        const int32_t k = s.row_best[x];
+        int e = x + 1;
+        while (e < width && s.row_best[e] == k) ++e;
+        if (k < 0) {  // no window covers these pixels (yet)
+          x = e;
+          continue;
+        }
+        double sl = 0, sa = 0, sb = 0;
+        for (int i = x; i < e; ++i) {
+          sl += s.l[base + i];
+          sa += s.a[base + i];
+          sb += s.b[base + i];
+        }
+        double* sum = s.sums + static_cast<int64_t>(k) * kSumStride;
+        const double run = e - x;
+        sum[0] += sl;
+        sum[1] += sa;
+        sum[2] += sb;
+        sum[3] += run * y;
+        sum[4] += (static_cast<double>(x) + (e - 1)) * run / 2;
+        sum[5] += run;
+        changed += e - x;
+        x = e;
+      }
+    } else if (s.sums != nullptr) {
+      // Few pixels change after the first iterations: find them 16 at a time with a vector
+      // compare of the new clusters against the row's old ones, not a branch per pixel.
+      for (int x0 = 0; x0 < width; x0 += 16) {
+        const int n = std::min(16, width - x0);
+        const int32_t *before = row + x0, *after = s.row_best + x0;
+        uint32_t moved = 0;
+        for (int i = 0; i < n; ++i) moved |= static_cast<uint32_t>(before[i] != after[i]) << i;
+        for (; moved != 0; moved &= moved - 1) {
+          const int x = x0 + std::countr_zero(moved);
+          const int64_t p = base + x;
+          ++changed;
+          move_pixel(s.sums, row[x], s.row_best[x], s.l[p], s.a[p], s.b[p], y, x);
+        }
       }
     }
+    std::copy(s.row_best, s.row_best + width, row);
   }
   return changed;
 }
@@ -199,17 +232,16 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
 
 int64_t assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
                const float* centers, const float* l, const float* a, const float* b, int32_t* assignment,
-               double* sums, int row_stride, int row_phase, Workspace& ws) {
+               double* sums, bool first, int row_stride, int row_phase, Workspace& ws) {
   prepare_sweep(grid, height, width, spatial_weight, num_clusters, centers, ws);
   const int padded = (width + kLanes - 1) / kLanes * kLanes;
   ws.distance.resize(padded);
   ws.row_best.resize(padded);
-  ws.previous_assignment.resize(width);
   const Sweep sweep{height,         width,        row_stride,           row_phase,
                     spatial_weight, l,            a,                    b,
                     centers,        ws.windows.data(), ws.dx2.data(),   ws.dx2_offset.data(),
-                    ws.row_offset.data(), ws.row_list.data(), ws.distance.data(), ws.row_best.data(), ws.previous_assignment.data(),
-                    assignment,     sums};
+                    ws.row_offset.data(), ws.row_list.data(), ws.distance.data(), ws.row_best.data(),
+                    assignment,     sums, first};
   return assign_rows(sweep);
 }
 
@@ -223,6 +255,24 @@ void move_centers(int num_clusters, const double* sums, float* centers) {
     }
     for (int j = 0; j < kCenterStride; ++j) c[j] = static_cast<float>(s[j] / s[5]);
   }
+}
+
+// Bit x of bits (width / 64 words) is set where a run of equal values ends: row[x] != row[x + 1],
+// and at the last column. A vector compare to bytes, then 8 bytes to 8 bits by one multiply,
+// instead of a branch per pixel.
+VIGSP_HOT void run_end_bits(const int32_t* __restrict row, int width, uint8_t* __restrict change,
+                            uint64_t* __restrict bits) {
+  for (int x = 0; x + 1 < width; ++x) change[x] = static_cast<uint8_t>(row[x] != row[x + 1]);
+  change[width - 1] = 1;
+  std::fill(bits, bits + (width + 63) / 64, 0);
+  constexpr uint64_t kGather = 0x0102040810204080;  // byte i (0 or 1) -> bit 56 + i
+  int x = 0;
+  for (; x + 8 <= width; x += 8) {
+    uint64_t bytes;
+    std::memcpy(&bytes, change + x, sizeof bytes);
+    bits[x >> 6] |= ((bytes * kGather) >> 56) << (x & 63);
+  }
+  for (; x < width; ++x) bits[x >> 6] |= static_cast<uint64_t>(change[x]) << (x & 63);
 }
 
 // Relabels the 4-connected components of the k-means assignment to compact labels, numbered
@@ -240,6 +290,9 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
   std::vector<int32_t>& row_first = ws.row_first_run;  // height + 1
   run_x.clear();
   parent.clear();
+  const int words = (width + 63) / 64;
+  ws.row_change.resize(width);
+  ws.row_end_bits.resize(words);
   row_first.resize(height + 1);
   auto find = [&](int32_t r) {
     while (parent[r] != r) r = parent[r] = parent[parent[r]];
@@ -249,13 +302,14 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
     const int32_t* row = assignment + static_cast<int64_t>(y) * width;
     const int32_t first = static_cast<int32_t>(run_x.size());
     row_first[y] = first;
-    for (int x = 0; x < width;) {
-      const int32_t id = static_cast<int32_t>(run_x.size());
-      run_x.push_back(x);
-      parent.push_back(id);
-      int end = x + 1;
-      while (end < width && row[end] == row[x]) ++end;
-      x = end;
+    run_end_bits(row, width, ws.row_change.data(), ws.row_end_bits.data());
+    for (int w = 0, x = 0; w < words; ++w) {
+      for (uint64_t bits = ws.row_end_bits[w]; bits != 0; bits &= bits - 1) {
+        const auto id = static_cast<int32_t>(run_x.size());
+        run_x.push_back(x);
+        parent.push_back(id);
+        x = w * 64 + std::countr_zero(bits) + 1;
+      }
     }
     if (y == 0) continue;
     // Join runs that touch a run of the same cluster in the row above (overlapping columns).
@@ -352,14 +406,14 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   for (int it = 0; it < params.max_iter; ++it) {
     const int phase = it % stride;
     const int64_t changed = assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b,
-                                   ws.assignment.data(), ws.sums.data(), stride, phase, ws);
+                                   ws.assignment.data(), ws.sums.data(), it < stride, stride, phase, ws);
     // No pixel moved: the centres are a fixed point, so further iterations would change nothing.
     if (changed == 0 && stride == 1) break;
     move_centers(num_clusters, ws.sums.data(), ws.centers.data());
   }
   if (stride > 1)  // the subsampled iterations placed the centres; now label every pixel
     assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.assignment.data(),
-           nullptr, 1, 0, ws);
+           nullptr, false, 1, 0, ws);
   const auto min_size = static_cast<int64_t>(params.min_size_factor * static_cast<double>(n) / num_clusters);
   return enforce_connectivity(height, width, ws.assignment.data(), min_size, ws, labels);
 }

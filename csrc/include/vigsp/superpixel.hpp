@@ -82,7 +82,6 @@ struct Workspace {
   std::vector<float> lab;          // 3 planes of H*W: L, a, b (and a little zeroed slack)
   std::vector<float> distance;     // one row's distances during an assignment sweep
   std::vector<int32_t> assignment; // H*W, raw k-means cluster per pixel
-  std::vector<int32_t> previous_assignment;  // one row's previous clusters during a sweep
   std::vector<float> centers;      // 5 per cluster: L, a, b, y, x
   std::vector<double> sums;        // 6 per cluster
   std::vector<int32_t> queue;      // unused since connectivity works on runs; kept for compatibility
@@ -99,6 +98,8 @@ struct Workspace {
   // Connectivity enforcement on runs (opaque).
   std::vector<int32_t> run_x, run_parent, row_first_run;
   std::vector<int64_t> run_size;
+  std::vector<uint8_t> row_change;
+  std::vector<uint64_t> row_end_bits;
 };
 
 // SLIC superpixels with connectivity enforcement. Writes H*W compact labels 0..n-1, each
