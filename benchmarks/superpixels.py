@@ -99,20 +99,41 @@ def dali_op_ms(images: list[np.ndarray], repeats: int) -> float:
     return time_pipeline(build(True)) - time_pipeline(build(False))
 
 
-def fast_slic_rows(images: list[np.ndarray], repeats: int) -> list[tuple[str, float]]:
-    """fast-slic on one thread with its defaults (subsample_stride=3), if it is installed."""
+def explained_variation(image: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the image's RGB variance that the superpixel means explain (1 = every pixel equals
+    its superpixel's mean): a segmentation quality measure that needs no ground truth."""
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    flat = labels.ravel()
+    counts = np.bincount(flat)
+    means = (
+        np.stack([np.bincount(flat, pixels[:, c]) for c in range(3)], axis=1) / np.maximum(counts, 1)[:, None]
+    )
+    residual = ((pixels - means[flat]) ** 2).sum()
+    return float(1.0 - residual / ((pixels - pixels.mean(axis=0)) ** 2).sum())
+
+
+Row = tuple[str, float, "Callable[[np.ndarray], np.ndarray] | None"]  # name, ms, labels of an image
+
+
+def fast_slic_rows(images: list[np.ndarray], repeats: int) -> list[Row]:
+    """fast-slic on one thread, with its default subsample_stride=3 and with 1 (classic), if installed."""
     try:
         from fast_slic import Slic
         from fast_slic.avx2 import SlicAvx2
     except ImportError:
         return []
-    rows = []
-    for name, cls in (("fast-slic (portable)", Slic), ("fast-slic AVX2", SlicAvx2)):
+    rows: list[Row] = []
+    for name, cls, stride in (
+        ("fast-slic (portable)", Slic, 3),
+        ("fast-slic AVX2", SlicAvx2, 3),
+        ("fast-slic AVX2", SlicAvx2, 1),
+    ):
 
-        def run(im: np.ndarray, cls=cls) -> object:
-            return cls(num_components=SEGMENTS, compactness=10, num_threads=1).iterate(im)
+        def run(im: np.ndarray, cls=cls, stride=stride) -> np.ndarray:
+            slic = cls(num_components=SEGMENTS, compactness=10, num_threads=1, subsample_stride=stride)
+            return slic.iterate(im)
 
-        rows.append((f"{name}, labels only, stride 3", per_image_ms(run, images, repeats)))
+        rows.append((f"{name}, labels only, stride {stride}", per_image_ms(run, images, repeats), run))
     return rows
 
 
@@ -131,7 +152,6 @@ def main() -> None:
 
     images = real_images()
     labels = {id(im): sp.slic_labels(im, SEGMENTS) for im in images}
-    segments = [sp.slic_graph(im, SEGMENTS).num_nodes for im in images]
 
     def numpy_graph(im: np.ndarray) -> None:
         lab = labels[id(im)]
@@ -139,34 +159,50 @@ def main() -> None:
         ref.rag_edges_reference(lab)
         ref.node_features_reference(im, lab)
 
-    def sk_slic(im: np.ndarray) -> object:
+    def sk_slic(im: np.ndarray) -> np.ndarray:
         return skimage_slic(im, n_segments=SEGMENTS, start_label=0)
+
+    def vigsp_slic(**kwargs: int) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda im: sp.slic_labels(im, SEGMENTS, **kwargs)
 
     skimage_ms = per_image_ms(sk_slic, images, repeats_slow)
     slow, fast, fastest = repeats_slow, repeats_fast, repeats_fast * 10
-    rows: list[tuple[str, float]] = [
-        ("skimage slic (labels only)", skimage_ms),
+    rows: list[Row] = [
+        ("skimage slic (labels only)", skimage_ms, sk_slic),
         (
             "skimage rag_mean_color (graph from labels)",
             per_image_ms(lambda im: skgraph.rag_mean_color(im, labels[id(im)]), images, slow),
+            None,
         ),
-        ("NumPy reference graph (from labels)", per_image_ms(numpy_graph, images, slow)),
+        ("NumPy reference graph (from labels)", per_image_ms(numpy_graph, images, slow), None),
         (
             "vigsp graph from labels (a+b+c)",
             per_image_ms(lambda im: sp.graph_from_labels(im, labels[id(im)]), images, fastest),
+            None,
         ),
-        ("vigsp SLIC labels", per_image_ms(lambda im: sp.slic_labels(im, SEGMENTS), images, fast)),
-        ("vigsp SLIC + graph", per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS), images, fast)),
+        ("vigsp SLIC labels", per_image_ms(vigsp_slic(), images, fast), vigsp_slic()),
+        (
+            "vigsp SLIC + graph",
+            per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS), images, fast),
+            vigsp_slic(),
+        ),
         *fast_slic_rows(images, fast),
         (
             "vigsp SLIC + graph, stride 3 (as fast-slic)",
             per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS, subsample_stride=3), images, fast),
+            vigsp_slic(subsample_stride=3),
+        ),
+        (
+            "vigsp SLIC + graph, max_iter 5",
+            per_image_ms(lambda im: sp.slic_graph(im, SEGMENTS, max_iter=5), images, fast),
+            vigsp_slic(max_iter=5),
         ),
         (
             "vigsp grid + graph (ViG-SP-Grid)",
             per_image_ms(lambda im: sp.grid_graph(im, SEGMENTS), images, fastest),
+            lambda im: sp.grid_graph(im, SEGMENTS).labels,
         ),
-        ("vigsp DALI op, SLIC + graph (1 thread)", dali_op_ms(images, fast)),
+        ("vigsp DALI op, SLIC + graph (1 thread)", dali_op_ms(images, fast), vigsp_slic()),
     ]
 
     table = Table(title=f"Superpixel graph per {SIZE}x{SIZE} image, ~{SEGMENTS} segments, 1 core")
@@ -174,12 +210,21 @@ def main() -> None:
     table.add_column("ms / image", justify="right")
     table.add_column("x faster than skimage slic", justify="right")
     table.add_column("x faster than seed C++ (2 ms)", justify="right")
-    for name, ms in rows:
-        table.add_row(name, f"{ms:.3f}", f"{skimage_ms / ms:.1f}", f"{SEED_CPP_GRAPH_MS / ms:.2f}")
-    console = Console(width=140)
+    table.add_column("segments", justify="right")
+    table.add_column("explained variation", justify="right")
+    for name, ms, segment in rows:
+        quality = ["", ""]
+        if segment is not None:
+            maps = [segment(im) for im in images]
+            counts = [int(m.max()) + 1 for m in maps]
+            ev = statistics.mean(explained_variation(im, m) for im, m in zip(images, maps, strict=True))
+            quality = [f"{min(counts)}-{max(counts)}", f"{ev:.3f}"]
+        table.add_row(name, f"{ms:.3f}", f"{skimage_ms / ms:.1f}", f"{SEED_CPP_GRAPH_MS / ms:.2f}", *quality)
+    console = Console(width=180)
     console.print(table)
     console.print(
-        f"{len(images)} real images; vigsp SLIC gave {min(segments)}-{max(segments)} segments. "
+        f"{len(images)} real images; explained variation = 1 - (RGB variance within superpixels) / "
+        "(RGB variance of the image), averaged over them. "
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}."
     )
