@@ -37,9 +37,9 @@ namespace {
 using Window = Workspace::Window;
 
 // Everything one assignment sweep reads, per iteration. Windows and dx² tables are per cluster;
-// row_list[row_offset[y] .. row_offset[y+1]) are the clusters whose window covers row y, in
-// ascending order, so each pixel still sees its candidates in the order of the classic
-// cluster-by-cluster loop and ties go the same way.
+// row_list[row_offset[y] .. row_offset[y+1]) are the clusters whose window covers row y: in
+// ascending order (as the classic cluster-by-cluster loop, so ties go the same way), or, with
+// wide windows, in an order whose ties are settled by comparing clusters (assign_chunks).
 struct Sweep {
   int height, width, row_stride, row_phase;
   float spatial_weight;
@@ -61,6 +61,11 @@ struct Sweep {
 // and every candidate loads and stores the same aligned blocks (a misaligned overlap would
 // defeat store-to-load forwarding). Same arithmetic, in the same order, as the classic
 // cluster-by-cluster loop (no FMA: see simd.hpp).
+//
+// kAnyOrder: compare (distance, cluster) pairs, so that the winner does not depend on the order in
+// which candidates pass (the smallest cluster among the nearest, as ascending passes give); wide
+// windows pass in an order that keeps consecutive passes on different chunks (prepare_sweep).
+template <bool kAnyOrder>
 [[gnu::always_inline]] inline void assign_chunks(const float* __restrict l, const float* __restrict a,
                                                  const float* __restrict b, const float* __restrict dx2, int n,
                                                  float cl, float ca, float cb, float dy2, int32_t k,
@@ -72,7 +77,8 @@ struct Sweep {
     // becomes a masked store behind a per-vector "any lane closer?" branch, which mispredicts.
     const float old = dist[i];
     const int32_t old_k = best[i];
-    const int32_t closer = -static_cast<int32_t>(d < old);
+    const bool wins = kAnyOrder ? d < old || (d == old && k < old_k) : d < old;
+    const int32_t closer = -static_cast<int32_t>(wins);
     dist[i] = std::min(old, d);  // == (d < old ? d : old); distances are never NaN
     best[i] = old_k ^ ((old_k ^ k) & closer);
   }
@@ -103,13 +109,15 @@ inline void move_pixel(double* sums, int32_t from, int32_t to, double l, double 
 // covering window passes over it, and the centre sums are updated as soon as the row is final
 // (no H*W distance plane, no copy of the previous assignment). Dispatched once per iteration.
 // Returns how many pixels changed cluster.
-VIGSP_HOT int64_t assign_rows(const Sweep& s) {
+template <bool kAnyOrder>
+[[gnu::always_inline]] inline int64_t assign_rows_in(const Sweep& s) {
   const int width = s.width;
   int64_t changed = 0;
   for (int y = s.row_phase; y < s.height; y += s.row_stride) {
     const int64_t base = static_cast<int64_t>(y) * width;
     int32_t* row = s.assignment + base;
-    std::fill(s.row_dist, s.row_dist + width, std::numeric_limits<float>::infinity());
+    // Not inf: dx² is inf outside a window, and such lanes must never win, even a tie.
+    std::fill(s.row_dist, s.row_dist + width, std::numeric_limits<float>::max());
     std::copy(row, row + width, s.row_best);  // a pixel no window covers keeps its cluster
     for (int32_t i = s.row_offset[y]; i < s.row_offset[y + 1]; ++i) {
       const int32_t k = s.row_list[i];
@@ -117,8 +125,8 @@ VIGSP_HOT int64_t assign_rows(const Sweep& s) {
       const Window w = s.windows[k];
       const int x0 = w.x0 / kLanes * kLanes, n = (w.x1 + kLanes - 1) / kLanes * kLanes - x0;
       const float dy2 = s.spatial_weight * (y - c[3]) * (y - c[3]);
-      assign_chunks(s.l + base + x0, s.a + base + x0, s.b + base + x0, s.dx2 + s.dx2_offset[k], n, c[0], c[1],
-                    c[2], dy2, k, s.row_dist + x0, s.row_best + x0);
+      assign_chunks<kAnyOrder>(s.l + base + x0, s.a + base + x0, s.b + base + x0, s.dx2 + s.dx2_offset[k], n,
+                               c[0], c[1], c[2], dy2, k, s.row_dist + x0, s.row_best + x0);
     }
     if (s.sums != nullptr && s.first) {
       // The first sweep adds every pixel: sum each run of one cluster apart (short independent
@@ -171,6 +179,10 @@ VIGSP_HOT int64_t assign_rows(const Sweep& s) {
   return changed;
 }
 
+VIGSP_HOT int64_t assign_rows(const Sweep& s, bool any_order) {
+  return any_order ? assign_rows_in<true>(s) : assign_rows_in<false>(s);
+}
+
 // One cluster's dx² table: spatial_weight * (x - cx)² inside its window, inf outside (so those
 // lanes never win). Branch-free, so that it vectorises; small images spend ~15 % of SLIC here.
 VIGSP_HOT void fill_dx2(float* __restrict dx2, int n, int first_x, Window w, float cx, float spatial_weight) {
@@ -180,6 +192,9 @@ VIGSP_HOT void fill_dx2(float* __restrict dx2, int n, int first_x, Window w, flo
     dx2[i] = x >= w.x0 && x < w.x1 ? value : std::numeric_limits<float>::infinity();
   }
 }
+
+// Whether windows (two grid steps wide) span several assignment chunks.
+bool wide_windows(const GridShape& grid, int width) { return width >= kLanes * grid.cols; }
 
 // Builds the sweep's per-iteration tables: each live cluster's window (+-one grid step around
 // its centre, as in Achanta et al.), its dx² table, and the per-row candidate lists.
@@ -225,7 +240,17 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
     const float* c = centers + k * kCenterStride;
     fill_dx2(ws.dx2.data() + ws.dx2_offset[k], ws.dx2_offset[k + 1] - ws.dx2_offset[k], w.x0 / kLanes * kLanes, w,
              c[4], spatial_weight);
-    for (int y = w.y0; y < w.y1; ++y) ws.row_list[ws.row_fill[y]++] = k;
+  }
+  // Rows list their windows by grid column modulo `phases`, then by cluster: with wide windows,
+  // consecutive passes over a row then seldom share a chunk and do not wait on each other's
+  // stores (about 5 % at 224x224); narrow windows share chunks anyway and keep ascending order.
+  const int phases = wide_windows(grid, width) ? 3 : 1;
+  for (int phase = 0; phase < phases; ++phase) {
+    for (int k = 0; k < num_clusters; ++k) {
+      if (k % grid.cols % phases != phase) continue;
+      const Window w = ws.windows[k];
+      for (int y = w.y0; y < w.y1; ++y) ws.row_list[ws.row_fill[y]++] = k;
+    }
   }
 }
 
@@ -241,7 +266,7 @@ int64_t assign(const GridShape& grid, int height, int width, float spatial_weigh
                     centers,        ws.windows.data(), ws.dx2.data(),   ws.dx2_offset.data(),
                     ws.row_offset.data(), ws.row_list.data(), ws.distance.data(), ws.row_best.data(),
                     assignment,     sums, first};
-  return assign_rows(sweep);
+  return assign_rows(sweep, wide_windows(grid, width));
 }
 
 void move_centers(int num_clusters, const double* sums, float* centers) {
