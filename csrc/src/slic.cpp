@@ -36,52 +36,70 @@ namespace {
 
 using Window = Workspace::Window;
 
-// Everything one assignment sweep reads, per iteration. Windows and dx² tables are per cluster;
-// row_list[row_offset[y] .. row_offset[y+1]) are the clusters whose window covers row y: in
-// ascending order (as the classic cluster-by-cluster loop, so ties go the same way), or, with
-// wide windows, in an order whose ties are settled by comparing clusters (assign_chunks).
+// Everything one assignment sweep reads, per iteration. Windows and dx² tables are per cluster.
+// The sweep goes down the rows keeping, per kLanes-wide chunk column, the clusters whose window
+// covers the current row and that chunk, in ascending order: windows enter their chunk columns
+// at their first row (starts) and leave after their last (ends).
 struct Sweep {
-  int height, width, row_stride, row_phase;
+  int height, width, row_stride, row_phase, num_clusters;
   float spatial_weight;
   const float *l, *a, *b, *centers;
   const Window* windows;
-  const float* dx2;          // per cluster, from dx2_offset[k]: chunks x0/kLanes .. ceil(x1/kLanes), inf outside
+  const float* dx2;           // per cluster, from dx2_offset[k]: chunks x0/kLanes .. ceil(x1/kLanes), inf outside
   const int32_t* dx2_offset;
-  const int32_t* row_offset;  // height + 1
-  const int32_t* row_list;
-  float* row_dist;            // width rounded up to kLanes
-  int32_t* row_best;          // same; the row's clusters while candidates pass over it
-  int32_t* assignment;
-  double* sums;               // nullptr: do not track sums (the final full pass after subsampling)
-  bool first;                 // every pixel is unassigned (-1): add each to its cluster
+  const int32_t* start_offset;  // height + 2: start_list[start_offset[y] ..) begin at row y
+  const int32_t* start_list;
+  const int32_t* end_offset;    // height + 2: end_list[end_offset[y] ..) end before row y
+  const int32_t* end_list;
+  const int32_t* active_offset;  // chunks + 1: each chunk column's room for active clusters
+  int32_t* active;               // their clusters, ascending
+  int32_t* active_dx2;           // where each one's dx² for this chunk column starts
+  int32_t* active_size;          // chunks
+  const float* center_y;         // per cluster, for the per-row dy²
+  float* row_dy2;                // per cluster, the current row's spatial_weight * (y - cy)²
+  int32_t* row_best;             // width rounded up to kLanes
+  int32_t* assignment;           // H*W plus kLanes of slack (chunks read past the last column)
+  double* sums;                  // nullptr: do not track sums (the final full pass after subsampling)
+  bool first;                    // every pixel is unassigned (-1): add each to its cluster
 };
 
-// One cluster's pass over a row: keep, per pixel, the nearest centre seen so far. It works on
-// whole kLanes-aligned chunks: lanes outside the window have dx² = inf, so they never win,
-// and every candidate loads and stores the same aligned blocks (a misaligned overlap would
-// defeat store-to-load forwarding). Same arithmetic, in the same order, as the classic
-// cluster-by-cluster loop (no FMA: see simd.hpp).
-//
-// kAnyOrder: compare (distance, cluster) pairs, so that the winner does not depend on the order in
-// which candidates pass (the smallest cluster among the nearest, as ascending passes give); wide
-// windows pass in an order that keeps consecutive passes on different chunks (prepare_sweep).
-template <bool kAnyOrder>
-[[gnu::always_inline]] inline void assign_chunks(const float* __restrict l, const float* __restrict a,
-                                                 const float* __restrict b, const float* __restrict dx2, int n,
-                                                 float cl, float ca, float cb, float dy2, int32_t k,
-                                                 float* __restrict dist, int32_t* __restrict best) {
-  for (int i = 0; i < n; ++i) {
-    const float dl = l[i] - cl, da = a[i] - ca, db = b[i] - cb;
-    const float d = dl * dl + da * da + db * db + dy2 + dx2[i];
-    // Written as a min and a bit blend so that both stores are plain: a select GCC recognises
-    // becomes a masked store behind a per-vector "any lane closer?" branch, which mispredicts.
-    const float old = dist[i];
-    const int32_t old_k = best[i];
-    const bool wins = kAnyOrder ? d < old || (d == old && k < old_k) : d < old;
-    const int32_t closer = -static_cast<int32_t>(wins);
-    dist[i] = std::min(old, d);  // == (d < old ? d : old); distances are never NaN
-    best[i] = old_k ^ ((old_k ^ k) & closer);
+// The nearest centre per pixel of one chunk of a row, over the clusters active there, in
+// ascending order (ties keep the lower cluster, as in the classic cluster-by-cluster loop). The
+// chunk's distances and clusters stay in registers across the candidates. Lanes outside a
+// window have dx² = inf and never win. Same arithmetic, in the same order, as the classic loop
+// (no FMA: see simd.hpp).
+// One kLanes-wide chunk as a GCC/Clang vector: it stays in registers while candidates pass.
+using ChunkF = float __attribute__((vector_size(kLanes * sizeof(float))));
+using ChunkI = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+template <class Chunk, class T>
+[[gnu::always_inline]] inline void load_chunk(Chunk& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+
+[[gnu::always_inline]] inline void nearest_in_chunk(const Sweep& s, int y, int x0, const int32_t* candidates,
+                                                    const int32_t* dx2_at, int count, const int32_t* old,
+                                                    int32_t* out) {
+  const int64_t p = static_cast<int64_t>(y) * s.width + x0;
+  ChunkF l, a, b;
+  load_chunk(l, s.l + p);
+  load_chunk(a, s.a + p);
+  load_chunk(b, s.b + p);
+  ChunkF dist = ChunkF{} + std::numeric_limits<float>::infinity();
+  ChunkI best;
+  load_chunk(best, old);  // a pixel no window covers keeps its cluster
+  for (int j = 0; j < count; ++j) {
+    const int32_t k = candidates[j];
+    const float* c = s.centers + static_cast<int64_t>(k) * kCenterStride;
+    ChunkF dx2;
+    load_chunk(dx2, s.dx2 + dx2_at[j]);
+    const ChunkF dl = l - c[0], da = a - c[1], db = b - c[2];
+    const ChunkF d = dl * dl + da * da + db * db + s.row_dy2[k] + dx2;
+    const ChunkI closer = d < dist;  // strict: the lower cluster keeps a tie
+    dist = closer ? d : dist;
+    best = closer ? (ChunkI{} + k) : best;
   }
+  std::memcpy(out, &best, sizeof best);
 }
 
 // Sums hold float values in double; moving only the pixels that changed cluster keeps them equal
@@ -105,29 +123,52 @@ inline void move_pixel(double* sums, int32_t from, int32_t to, double l, double 
   s[5] += 1.0;
 }
 
-// One k-means assignment, row by row: a row's distances and labels stay in L1 while every
-// covering window passes over it, and the centre sums are updated as soon as the row is final
-// (no H*W distance plane, no copy of the previous assignment). Dispatched once per iteration.
-// Returns how many pixels changed cluster.
-template <bool kAnyOrder>
-[[gnu::always_inline]] inline int64_t assign_rows_in(const Sweep& s) {
-  const int width = s.width;
+// Keeps list[0..size) sorted (and `with` alongside) while k enters or leaves it.
+inline void enter(int32_t* list, int32_t* with, int32_t& size, int32_t k, int32_t value) {
+  int i = size++;
+  for (; i > 0 && list[i - 1] > k; --i) {
+    list[i] = list[i - 1];
+    with[i] = with[i - 1];
+  }
+  list[i] = k;
+  with[i] = value;
+}
+inline void leave(int32_t* list, int32_t* with, int32_t& size, int32_t k) {
+  int i = 0;
+  while (list[i] != k) ++i;
+  for (--size; i < size; ++i) {
+    list[i] = list[i + 1];
+    with[i] = with[i + 1];
+  }
+}
+
+// One k-means assignment: rows go down one at a time, each row chunk by chunk against the
+// clusters active in its chunk column, and the centre sums are updated as soon as a row is
+// final (no H*W distance plane, no copy of the previous assignment). Dispatched once per
+// iteration. Returns how many pixels changed cluster.
+VIGSP_HOT int64_t assign_rows(const Sweep& s) {
+  const int width = s.width, chunks = (width + kLanes - 1) / kLanes;
   int64_t changed = 0;
-  for (int y = s.row_phase; y < s.height; y += s.row_stride) {
+  for (int y = 0; y < s.height; ++y) {
+    for (int32_t e = s.end_offset[y]; e < s.end_offset[y + 1]; ++e) {
+      const int32_t k = s.end_list[e];
+      for (int j = s.windows[k].x0 / kLanes; j * kLanes < s.windows[k].x1; ++j)
+        leave(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k);
+    }
+    for (int32_t e = s.start_offset[y]; e < s.start_offset[y + 1]; ++e) {
+      const int32_t k = s.start_list[e];
+      const int first = s.windows[k].x0 / kLanes;
+      for (int j = first; j * kLanes < s.windows[k].x1; ++j)
+        enter(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k,
+              s.dx2_offset[k] + (j - first) * kLanes);
+    }
+    if (y < s.row_phase || (y - s.row_phase) % s.row_stride != 0) continue;
     const int64_t base = static_cast<int64_t>(y) * width;
     int32_t* row = s.assignment + base;
-    // Not inf: dx² is inf outside a window, and such lanes must never win, even a tie.
-    std::fill(s.row_dist, s.row_dist + width, std::numeric_limits<float>::max());
-    std::copy(row, row + width, s.row_best);  // a pixel no window covers keeps its cluster
-    for (int32_t i = s.row_offset[y]; i < s.row_offset[y + 1]; ++i) {
-      const int32_t k = s.row_list[i];
-      const float* c = s.centers + static_cast<int64_t>(k) * kCenterStride;
-      const Window w = s.windows[k];
-      const int x0 = w.x0 / kLanes * kLanes, n = (w.x1 + kLanes - 1) / kLanes * kLanes - x0;
-      const float dy2 = s.spatial_weight * (y - c[3]) * (y - c[3]);
-      assign_chunks<kAnyOrder>(s.l + base + x0, s.a + base + x0, s.b + base + x0, s.dx2 + s.dx2_offset[k], n,
-                               c[0], c[1], c[2], dy2, k, s.row_dist + x0, s.row_best + x0);
-    }
+    for (int k = 0; k < s.num_clusters; ++k) s.row_dy2[k] = s.spatial_weight * (y - s.center_y[k]) * (y - s.center_y[k]);
+    for (int j = 0; j < chunks; ++j)
+      nearest_in_chunk(s, y, j * kLanes, s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j],
+                       s.active_size[j], row + j * kLanes, s.row_best + j * kLanes);
     if (s.sums != nullptr && s.first) {
       // The first sweep adds every pixel: sum each run of one cluster apart (short independent
       // chains instead of one dependent chain per cluster), then add the run to its cluster.
@@ -179,10 +220,6 @@ template <bool kAnyOrder>
   return changed;
 }
 
-VIGSP_HOT int64_t assign_rows(const Sweep& s, bool any_order) {
-  return any_order ? assign_rows_in<true>(s) : assign_rows_in<false>(s);
-}
-
 // One cluster's dx² table: spatial_weight * (x - cx)² inside its window, inf outside (so those
 // lanes never win). Branch-free, so that it vectorises; small images spend ~15 % of SLIC here.
 VIGSP_HOT void fill_dx2(float* __restrict dx2, int n, int first_x, Window w, float cx, float spatial_weight) {
@@ -193,17 +230,32 @@ VIGSP_HOT void fill_dx2(float* __restrict dx2, int n, int first_x, Window w, flo
   }
 }
 
-// Whether windows (two grid steps wide) span several assignment chunks.
-bool wide_windows(const GridShape& grid, int width) { return width >= kLanes * grid.cols; }
+// Counting sort of the live clusters by their window's first row (or, by_end, the row after
+// its last) into offset (height + 2 entries) and list; each row's clusters stay ascending.
+void bucket_by_row(const std::vector<Window>& windows, int height, bool by_end, std::vector<int32_t>& offset,
+                   std::vector<int32_t>& list) {
+  offset.assign(height + 2, 0);
+  const auto key = [by_end](const Window& w) { return by_end ? w.y1 : w.y0; };
+  for (const Window& w : windows)
+    if (w.y1 > w.y0) ++offset[key(w) + 1];
+  for (int y = 0; y <= height; ++y) offset[y + 1] += offset[y];
+  list.resize(offset[height + 1]);
+  for (int32_t k = 0; k < static_cast<int32_t>(windows.size()); ++k)
+    if (windows[k].y1 > windows[k].y0) list[offset[key(windows[k])]++] = k;
+  for (int y = height; y > 0; --y) offset[y] = offset[y - 1];  // back from "next free" to starts
+  offset[0] = 0;
+}
 
 // Builds the sweep's per-iteration tables: each live cluster's window (+-one grid step around
-// its centre, as in Achanta et al.), its dx² table, and the per-row candidate lists.
+// its centre, as in Achanta et al.), its dx² table, the clusters starting and ending per row,
+// and room for each chunk column's active clusters (at most the windows that overlap it).
 void prepare_sweep(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
                    const float* centers, Workspace& ws) {
   const float step_y = static_cast<float>(height) / grid.rows, step_x = static_cast<float>(width) / grid.cols;
+  const int chunks = (width + kLanes - 1) / kLanes;
   ws.windows.resize(num_clusters);
   ws.dx2_offset.resize(num_clusters + 1);
-  ws.row_offset.assign(height + 1, 0);
+  ws.active_offset.assign(chunks + 1, 0);
   int32_t dx2_size = 0;
   for (int k = 0; k < num_clusters; ++k) {
     const float* c = centers + k * kCenterStride;
@@ -219,54 +271,63 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
     }
     ws.windows[k] = win;
     ws.dx2_offset[k] = dx2_size;
-    if (win.x1 > win.x0) dx2_size += (win.x1 + kLanes - 1) / kLanes * kLanes - win.x0 / kLanes * kLanes;
-    ws.row_offset[win.y0] += 1;  // difference array, prefix-summed below
-    ws.row_offset[win.y1] -= 1;
+    if (win.y1 > win.y0) {
+      dx2_size += (win.x1 + kLanes - 1) / kLanes * kLanes - win.x0 / kLanes * kLanes;
+      for (int j = win.x0 / kLanes; j * kLanes < win.x1; ++j) ++ws.active_offset[j + 1];
+    }
   }
   ws.dx2_offset[num_clusters] = dx2_size;
   ws.dx2.resize(dx2_size);
-  // Row counts -> exclusive offsets; row_fill then tracks where the next entry of a row goes.
-  ws.row_fill.resize(height + 1);
-  int32_t covering = 0, total = 0;
-  for (int y = 0; y <= height; ++y) {
-    covering += ws.row_offset[y];
-    ws.row_fill[y] = total;
-    total += y < height ? covering : 0;
-  }
-  std::copy(ws.row_fill.begin(), ws.row_fill.end(), ws.row_offset.begin());
-  ws.row_list.resize(total);
   for (int k = 0; k < num_clusters; ++k) {
     const Window w = ws.windows[k];
-    const float* c = centers + k * kCenterStride;
-    fill_dx2(ws.dx2.data() + ws.dx2_offset[k], ws.dx2_offset[k + 1] - ws.dx2_offset[k], w.x0 / kLanes * kLanes, w,
-             c[4], spatial_weight);
+    if (w.y1 > w.y0)
+      fill_dx2(ws.dx2.data() + ws.dx2_offset[k], ws.dx2_offset[k + 1] - ws.dx2_offset[k], w.x0 / kLanes * kLanes,
+               w, centers[k * kCenterStride + 4], spatial_weight);
   }
-  // Rows list their windows by grid column modulo `phases`, then by cluster: with wide windows,
-  // consecutive passes over a row then seldom share a chunk and do not wait on each other's
-  // stores (about 5 % at 224x224); narrow windows share chunks anyway and keep ascending order.
-  const int phases = wide_windows(grid, width) ? 3 : 1;
-  for (int phase = 0; phase < phases; ++phase) {
-    for (int k = 0; k < num_clusters; ++k) {
-      if (k % grid.cols % phases != phase) continue;
-      const Window w = ws.windows[k];
-      for (int y = w.y0; y < w.y1; ++y) ws.row_list[ws.row_fill[y]++] = k;
-    }
-  }
+  for (int j = 0; j < chunks; ++j) ws.active_offset[j + 1] += ws.active_offset[j];
+  ws.active.resize(ws.active_offset[chunks]);
+  ws.active_dx2.resize(ws.active_offset[chunks]);
+  ws.center_y.resize(num_clusters);
+  ws.row_dy2.resize(num_clusters);
+  for (int k = 0; k < num_clusters; ++k) ws.center_y[k] = centers[k * kCenterStride + 3];
+  ws.active_size.assign(chunks, 0);
+  bucket_by_row(ws.windows, height, false, ws.start_offset, ws.start_list);
+  bucket_by_row(ws.windows, height, true, ws.end_offset, ws.end_list);
 }
 
 int64_t assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
                const float* centers, const float* l, const float* a, const float* b, int32_t* assignment,
                double* sums, bool first, int row_stride, int row_phase, Workspace& ws) {
   prepare_sweep(grid, height, width, spatial_weight, num_clusters, centers, ws);
-  const int padded = (width + kLanes - 1) / kLanes * kLanes;
-  ws.distance.resize(padded);
-  ws.row_best.resize(padded);
-  const Sweep sweep{height,         width,        row_stride,           row_phase,
-                    spatial_weight, l,            a,                    b,
-                    centers,        ws.windows.data(), ws.dx2.data(),   ws.dx2_offset.data(),
-                    ws.row_offset.data(), ws.row_list.data(), ws.distance.data(), ws.row_best.data(),
-                    assignment,     sums, first};
-  return assign_rows(sweep, wide_windows(grid, width));
+  ws.row_best.resize((width + kLanes - 1) / kLanes * kLanes);
+  const Sweep sweep{height,
+                    width,
+                    row_stride,
+                    row_phase,
+                    num_clusters,
+                    spatial_weight,
+                    l,
+                    a,
+                    b,
+                    centers,
+                    ws.windows.data(),
+                    ws.dx2.data(),
+                    ws.dx2_offset.data(),
+                    ws.start_offset.data(),
+                    ws.start_list.data(),
+                    ws.end_offset.data(),
+                    ws.end_list.data(),
+                    ws.active_offset.data(),
+                    ws.active.data(),
+                    ws.active_dx2.data(),
+                    ws.active_size.data(),
+                    ws.center_y.data(),
+                    ws.row_dy2.data(),
+                    ws.row_best.data(),
+                    assignment,
+                    sums,
+                    first};
+  return assign_rows(sweep);
 }
 
 void move_centers(int num_clusters, const double* sums, float* centers) {
@@ -402,7 +463,7 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   // Chunks past the last column read into the next plane; the slack covers the last plane.
   ws.lab.resize(3 * n + kLanes);
   std::fill(ws.lab.end() - kLanes, ws.lab.end(), 0.0f);
-  ws.assignment.resize(n);
+  ws.assignment.resize(n + kLanes);  // chunks read up to kLanes - 1 past the last pixel
   ws.centers.resize(static_cast<size_t>(num_clusters) * kCenterStride);
   ws.sums.resize(static_cast<size_t>(num_clusters) * kSumStride);
   float *l = ws.lab.data(), *a = l + n, *b = a + n;

@@ -80,11 +80,9 @@ struct SuperpixelGraph {
 // One per thread; not shareable between concurrent calls.
 struct Workspace {
   std::vector<float> lab;          // 3 planes of H*W: L, a, b (and a little zeroed slack)
-  std::vector<float> distance;     // one row's distances during an assignment sweep
   std::vector<int32_t> assignment; // H*W, raw k-means cluster per pixel
   std::vector<float> centers;      // 5 per cluster: L, a, b, y, x
   std::vector<double> sums;        // 6 per cluster
-  std::vector<int32_t> queue;      // unused since connectivity works on runs; kept for compatibility
   std::vector<uint64_t> adjacency; // RAG bitset
   std::vector<int64_t> accum;      // per-node integer sums for the features
   std::vector<uint64_t> row_colour, row_bits;  // build_graph's per-row scratch (opaque)
@@ -94,7 +92,9 @@ struct Workspace {
   };
   std::vector<Window> windows;     // per cluster
   std::vector<float> dx2;          // per cluster, its window's spatial x term
-  std::vector<int32_t> dx2_offset, row_offset, row_fill, row_list, row_best;
+  std::vector<int32_t> dx2_offset, start_offset, start_list, end_offset, end_list, active_offset, active,
+      active_dx2, active_size, row_best;
+  std::vector<float> center_y, row_dy2;
   // Connectivity enforcement on runs (opaque).
   std::vector<int32_t> run_x, run_parent, row_first_run;
   std::vector<int64_t> run_size;
