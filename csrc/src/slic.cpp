@@ -55,6 +55,7 @@ struct Sweep {
   int32_t* active;               // their clusters, ascending
   int32_t* active_dx2;           // where each one's dx² for this chunk column starts
   int32_t* active_size;          // chunks
+  uint64_t* active_bits;         // chunks: with <= 64 clusters, the active ones as bits instead
   const float* center_y;         // per cluster, for the per-row dy²
   float* row_dy2;                // per cluster, the current row's spatial_weight * (y - cy)²
   int32_t* row_best;             // width rounded up to kLanes
@@ -63,11 +64,6 @@ struct Sweep {
   bool first;                    // every pixel is unassigned (-1): add each to its cluster
 };
 
-// The nearest centre per pixel of one chunk of a row, over the clusters active there, in
-// ascending order (ties keep the lower cluster, as in the classic cluster-by-cluster loop). The
-// chunk's distances and clusters stay in registers across the candidates. Lanes outside a
-// window have dx² = inf and never win. Same arithmetic, in the same order, as the classic loop
-// (no FMA: see simd.hpp).
 // One kLanes-wide chunk as a GCC/Clang vector: it stays in registers while candidates pass.
 using ChunkF = float __attribute__((vector_size(kLanes * sizeof(float))));
 using ChunkI = int32_t __attribute__((vector_size(kLanes * sizeof(int32_t))));
@@ -77,9 +73,15 @@ template <class Chunk, class T>
   std::memcpy(&v, p, sizeof v);
 }
 
-[[gnu::always_inline]] inline void nearest_in_chunk(const Sweep& s, int y, int x0, const int32_t* candidates,
-                                                    const int32_t* dx2_at, int count, const int32_t* old,
-                                                    int32_t* out) {
+// The nearest centre per pixel of chunk j of row y, over the clusters active in its chunk column,
+// in ascending order (ties keep the lower cluster, as in the classic cluster-by-cluster loop). The
+// chunk's distances and clusters stay in registers across the candidates. Lanes outside a
+// window have dx² = inf and never win. Same arithmetic, in the same order, as the classic loop
+// (no FMA: see simd.hpp). kOneWord: the active clusters are the bits of one word (<= 64
+// clusters), which costs less to keep than sorted lists when images are small.
+template <bool kOneWord>
+[[gnu::always_inline]] inline void nearest_in_chunk(const Sweep& s, int y, int j, const int32_t* old, int32_t* out) {
+  const int x0 = j * kLanes;
   const int64_t p = static_cast<int64_t>(y) * s.width + x0;
   ChunkF l, a, b;
   load_chunk(l, s.l + p);
@@ -88,16 +90,24 @@ template <class Chunk, class T>
   ChunkF dist = ChunkF{} + std::numeric_limits<float>::infinity();
   ChunkI best;
   load_chunk(best, old);  // a pixel no window covers keeps its cluster
-  for (int j = 0; j < count; ++j) {
-    const int32_t k = candidates[j];
+  const auto consider = [&](int32_t k, int32_t dx2_at) {
     const float* c = s.centers + static_cast<int64_t>(k) * kCenterStride;
     ChunkF dx2;
-    load_chunk(dx2, s.dx2 + dx2_at[j]);
+    load_chunk(dx2, s.dx2 + dx2_at);
     const ChunkF dl = l - c[0], da = a - c[1], db = b - c[2];
     const ChunkF d = dl * dl + da * da + db * db + s.row_dy2[k] + dx2;
     const ChunkI closer = d < dist;  // strict: the lower cluster keeps a tie
     dist = closer ? d : dist;
     best = closer ? (ChunkI{} + k) : best;
+  };
+  if constexpr (kOneWord) {
+    for (uint64_t word = s.active_bits[j]; word != 0; word &= word - 1) {
+      const auto k = static_cast<int32_t>(std::countr_zero(word));
+      consider(k, s.dx2_offset[k] + x0 - s.windows[k].x0 / kLanes * kLanes);
+    }
+  } else {
+    const int32_t *list = s.active + s.active_offset[j], *dx2_at = s.active_dx2 + s.active_offset[j];
+    for (int i = 0; i < s.active_size[j]; ++i) consider(list[i], dx2_at[i]);
   }
   std::memcpy(out, &best, sizeof best);
 }
@@ -146,29 +156,37 @@ inline void leave(int32_t* list, int32_t* with, int32_t& size, int32_t k) {
 // clusters active in its chunk column, and the centre sums are updated as soon as a row is
 // final (no H*W distance plane, no copy of the previous assignment). Dispatched once per
 // iteration. Returns how many pixels changed cluster.
-VIGSP_HOT int64_t assign_rows(const Sweep& s) {
+template <bool kOneWord>
+[[gnu::always_inline]] inline int64_t assign_rows_in(const Sweep& s) {
   const int width = s.width, chunks = (width + kLanes - 1) / kLanes;
   int64_t changed = 0;
   for (int y = 0; y < s.height; ++y) {
     for (int32_t e = s.end_offset[y]; e < s.end_offset[y + 1]; ++e) {
       const int32_t k = s.end_list[e];
-      for (int j = s.windows[k].x0 / kLanes; j * kLanes < s.windows[k].x1; ++j)
-        leave(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k);
+      for (int j = s.windows[k].x0 / kLanes; j * kLanes < s.windows[k].x1; ++j) {
+        if constexpr (kOneWord)
+          s.active_bits[j] &= ~(uint64_t{1} << k);
+        else
+          leave(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k);
+      }
     }
     for (int32_t e = s.start_offset[y]; e < s.start_offset[y + 1]; ++e) {
       const int32_t k = s.start_list[e];
       const int first = s.windows[k].x0 / kLanes;
-      for (int j = first; j * kLanes < s.windows[k].x1; ++j)
-        enter(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k,
-              s.dx2_offset[k] + (j - first) * kLanes);
+      for (int j = first; j * kLanes < s.windows[k].x1; ++j) {
+        if constexpr (kOneWord)
+          s.active_bits[j] |= uint64_t{1} << k;
+        else
+          enter(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k,
+                s.dx2_offset[k] + (j - first) * kLanes);
+      }
     }
     if (y < s.row_phase || (y - s.row_phase) % s.row_stride != 0) continue;
     const int64_t base = static_cast<int64_t>(y) * width;
     int32_t* row = s.assignment + base;
-    for (int k = 0; k < s.num_clusters; ++k) s.row_dy2[k] = s.spatial_weight * (y - s.center_y[k]) * (y - s.center_y[k]);
-    for (int j = 0; j < chunks; ++j)
-      nearest_in_chunk(s, y, j * kLanes, s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j],
-                       s.active_size[j], row + j * kLanes, s.row_best + j * kLanes);
+    for (int k = 0; k < s.num_clusters; ++k)
+      s.row_dy2[k] = s.spatial_weight * (y - s.center_y[k]) * (y - s.center_y[k]);
+    for (int j = 0; j < chunks; ++j) nearest_in_chunk<kOneWord>(s, y, j, row + j * kLanes, s.row_best + j * kLanes);
     if (s.sums != nullptr && s.first) {
       // The first sweep adds every pixel: sum each run of one cluster apart (short independent
       // chains instead of one dependent chain per cluster), then add the run to its cluster.
@@ -218,6 +236,10 @@ VIGSP_HOT int64_t assign_rows(const Sweep& s) {
     std::copy(s.row_best, s.row_best + width, row);
   }
   return changed;
+}
+
+VIGSP_HOT int64_t assign_rows(const Sweep& s) {
+  return s.num_clusters <= 64 ? assign_rows_in<true>(s) : assign_rows_in<false>(s);
 }
 
 // One cluster's dx² table: spatial_weight * (x - cx)² inside its window, inf outside (so those
@@ -291,6 +313,7 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
   ws.row_dy2.resize(num_clusters);
   for (int k = 0; k < num_clusters; ++k) ws.center_y[k] = centers[k * kCenterStride + 3];
   ws.active_size.assign(chunks, 0);
+  ws.active_bits.assign(chunks, 0);
   bucket_by_row(ws.windows, height, false, ws.start_offset, ws.start_list);
   bucket_by_row(ws.windows, height, true, ws.end_offset, ws.end_list);
 }
@@ -321,6 +344,7 @@ int64_t assign(const GridShape& grid, int height, int width, float spatial_weigh
                     ws.active.data(),
                     ws.active_dx2.data(),
                     ws.active_size.data(),
+                    ws.active_bits.data(),
                     ws.center_y.data(),
                     ws.row_dy2.data(),
                     ws.row_best.data(),
