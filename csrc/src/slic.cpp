@@ -55,7 +55,9 @@ struct Sweep {
   int32_t* active;               // their clusters, ascending
   int32_t* active_dx2;           // where each one's dx² for this chunk column starts
   int32_t* active_size;          // chunks
-  uint64_t* active_bits;         // chunks: with <= 64 clusters, the active ones as bits instead
+  // With <= 64 clusters, sets of clusters as bits instead: those whose window overlaps each chunk
+  // column, and those whose window starts at / ends before each row (height + 1).
+  const uint64_t *column_bits, *start_bits, *end_bits;
   const float* center_y;         // per cluster, for the per-row dy²
   float* row_dy2;                // per cluster, the current row's spatial_weight * (y - cy)²
   int32_t* row_best;             // width rounded up to kLanes
@@ -80,7 +82,8 @@ template <class Chunk, class T>
 // (no FMA: see simd.hpp). kOneWord: the active clusters are the bits of one word (<= 64
 // clusters), which costs less to keep than sorted lists when images are small.
 template <bool kOneWord>
-[[gnu::always_inline]] inline void nearest_in_chunk(const Sweep& s, int y, int j, const int32_t* old, int32_t* out) {
+[[gnu::always_inline]] inline void nearest_in_chunk(const Sweep& s, int y, int j, uint64_t active_word,
+                                                    const int32_t* old, int32_t* out) {
   const int x0 = j * kLanes;
   const int64_t p = static_cast<int64_t>(y) * s.width + x0;
   ChunkF l, a, b;
@@ -101,7 +104,7 @@ template <bool kOneWord>
     best = closer ? (ChunkI{} + k) : best;
   };
   if constexpr (kOneWord) {
-    for (uint64_t word = s.active_bits[j]; word != 0; word &= word - 1) {
+    for (uint64_t word = active_word; word != 0; word &= word - 1) {
       const auto k = static_cast<int32_t>(std::countr_zero(word));
       consider(k, s.dx2_offset[k] + x0 - s.windows[k].x0 / kLanes * kLanes);
     }
@@ -160,23 +163,20 @@ template <bool kOneWord>
 [[gnu::always_inline]] inline int64_t assign_rows_in(const Sweep& s) {
   const int width = s.width, chunks = (width + kLanes - 1) / kLanes;
   int64_t changed = 0;
+  uint64_t row_active = 0;  // kOneWord: the clusters whose window covers row y
   for (int y = 0; y < s.height; ++y) {
-    for (int32_t e = s.end_offset[y]; e < s.end_offset[y + 1]; ++e) {
-      const int32_t k = s.end_list[e];
-      for (int j = s.windows[k].x0 / kLanes; j * kLanes < s.windows[k].x1; ++j) {
-        if constexpr (kOneWord)
-          s.active_bits[j] &= ~(uint64_t{1} << k);
-        else
+    if constexpr (kOneWord) {
+      row_active = (row_active & ~s.end_bits[y]) | s.start_bits[y];
+    } else {
+      for (int32_t e = s.end_offset[y]; e < s.end_offset[y + 1]; ++e) {
+        const int32_t k = s.end_list[e];
+        for (int j = s.windows[k].x0 / kLanes; j * kLanes < s.windows[k].x1; ++j)
           leave(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k);
       }
-    }
-    for (int32_t e = s.start_offset[y]; e < s.start_offset[y + 1]; ++e) {
-      const int32_t k = s.start_list[e];
-      const int first = s.windows[k].x0 / kLanes;
-      for (int j = first; j * kLanes < s.windows[k].x1; ++j) {
-        if constexpr (kOneWord)
-          s.active_bits[j] |= uint64_t{1} << k;
-        else
+      for (int32_t e = s.start_offset[y]; e < s.start_offset[y + 1]; ++e) {
+        const int32_t k = s.start_list[e];
+        const int first = s.windows[k].x0 / kLanes;
+        for (int j = first; j * kLanes < s.windows[k].x1; ++j)
           enter(s.active + s.active_offset[j], s.active_dx2 + s.active_offset[j], s.active_size[j], k,
                 s.dx2_offset[k] + (j - first) * kLanes);
       }
@@ -186,7 +186,10 @@ template <bool kOneWord>
     int32_t* row = s.assignment + base;
     for (int k = 0; k < s.num_clusters; ++k)
       s.row_dy2[k] = s.spatial_weight * (y - s.center_y[k]) * (y - s.center_y[k]);
-    for (int j = 0; j < chunks; ++j) nearest_in_chunk<kOneWord>(s, y, j, row + j * kLanes, s.row_best + j * kLanes);
+    for (int j = 0; j < chunks; ++j) {
+      const uint64_t word = kOneWord ? row_active & s.column_bits[j] : 0;
+      nearest_in_chunk<kOneWord>(s, y, j, word, row + j * kLanes, s.row_best + j * kLanes);
+    }
     if (s.sums != nullptr && s.first) {
       // The first sweep adds every pixel: sum each run of one cluster apart (short independent
       // chains instead of one dependent chain per cluster), then add the run to its cluster.
@@ -313,9 +316,22 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
   ws.row_dy2.resize(num_clusters);
   for (int k = 0; k < num_clusters; ++k) ws.center_y[k] = centers[k * kCenterStride + 3];
   ws.active_size.assign(chunks, 0);
-  ws.active_bits.assign(chunks, 0);
-  bucket_by_row(ws.windows, height, false, ws.start_offset, ws.start_list);
-  bucket_by_row(ws.windows, height, true, ws.end_offset, ws.end_list);
+  if (num_clusters <= 64) {  // sets of clusters as one word each (assign_rows)
+    ws.column_bits.assign(chunks, 0);
+    ws.start_bits.assign(height + 1, 0);
+    ws.end_bits.assign(height + 1, 0);
+    for (int k = 0; k < num_clusters; ++k) {
+      const Window w = ws.windows[k];
+      if (w.y1 <= w.y0) continue;
+      const uint64_t bit = uint64_t{1} << k;
+      ws.start_bits[w.y0] |= bit;
+      ws.end_bits[w.y1] |= bit;
+      for (int j = w.x0 / kLanes; j * kLanes < w.x1; ++j) ws.column_bits[j] |= bit;
+    }
+  } else {
+    bucket_by_row(ws.windows, height, false, ws.start_offset, ws.start_list);
+    bucket_by_row(ws.windows, height, true, ws.end_offset, ws.end_list);
+  }
 }
 
 int64_t assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
@@ -344,7 +360,9 @@ int64_t assign(const GridShape& grid, int height, int width, float spatial_weigh
                     ws.active.data(),
                     ws.active_dx2.data(),
                     ws.active_size.data(),
-                    ws.active_bits.data(),
+                    ws.column_bits.data(),
+                    ws.start_bits.data(),
+                    ws.end_bits.data(),
                     ws.center_y.data(),
                     ws.row_dy2.data(),
                     ws.row_best.data(),

@@ -95,7 +95,7 @@ struct Workspace {
   std::vector<int32_t> dx2_offset, start_offset, start_list, end_offset, end_list, active_offset, active,
       active_dx2, active_size, row_best;
   std::vector<float> center_y, row_dy2;
-  std::vector<uint64_t> active_bits;
+  std::vector<uint64_t> column_bits, start_bits, end_bits;
   // Connectivity enforcement on runs (opaque).
   std::vector<int32_t> run_x, run_parent, row_first_run;
   std::vector<int64_t> run_size;
