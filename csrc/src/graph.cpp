@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "bits.hpp"
 #include "simd.hpp"
 #include "vigsp/superpixel.hpp"
 
@@ -39,27 +40,6 @@ inline void colour_prefix(const uint8_t* __restrict rgb, int width, uint64_t* __
     sum += rgb[3 * x] | static_cast<uint64_t>(rgb[3 * x + 1]) << kFieldBits |
            static_cast<uint64_t>(rgb[3 * x + 2]) << (2 * kFieldBits);
     prefix[x + 1] = sum;
-  }
-}
-
-// Bit x of ends: the run ends at x (kSameRight unset; always so in the last column); of downs:
-// the pixel below differs (kSameDown unset; the last row sets none).
-inline void mask_bits(const uint8_t* __restrict mask, int width, uint64_t* __restrict ends,
-                      uint64_t* __restrict downs) {
-  constexpr uint64_t kLow = 0x0101010101010101, kGather = 0x0102040810204080;  // byte i's bit 0 -> bit 56 + i
-  const int words = (width + 63) / 64;
-  std::fill(ends, ends + words, 0);
-  std::fill(downs, downs + words, 0);
-  int x = 0;
-  for (; x + 8 <= width; x += 8) {
-    uint64_t m;
-    std::memcpy(&m, mask + x, sizeof m);
-    ends[x >> 6] |= (((~m & kLow) * kGather) >> 56) << (x & 63);
-    downs[x >> 6] |= (((~(m >> 1) & kLow) * kGather) >> 56) << (x & 63);
-  }
-  for (; x < width; ++x) {
-    ends[x >> 6] |= static_cast<uint64_t>(!(mask[x] & kSameRight)) << (x & 63);
-    downs[x >> 6] |= static_cast<uint64_t>(!(mask[x] & kSameDown)) << (x & 63);
   }
 }
 
@@ -160,7 +140,8 @@ VIGSP_HOT void build_graph(const ImageView& image, const int32_t* labels, int nu
     const int32_t* below = y + 1 < height ? row + width : nullptr;
     uint8_t* mask = pixel_mask + static_cast<int64_t>(y) * width;
     mask_row(row, below, width, mask);
-    mask_bits(mask, width, ends, downs);
+    // Run ends (always at the last column), and pixels whose neighbour below differs.
+    bits_lacking<2>(mask, width, {kSameRight, kSameDown}, {ends, downs});
     const uint8_t* rgb = image.row(y);
     if (packed) colour_prefix(rgb, width, colour);
     // Runs of one label: colour and geometry per run.

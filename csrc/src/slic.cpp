@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "bits.hpp"
 #include "color.hpp"
 #include "simd.hpp"
 #include "vigsp/superpixel.hpp"
@@ -280,7 +281,6 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
   const int chunks = (width + kLanes - 1) / kLanes;
   ws.windows.resize(num_clusters);
   ws.dx2_offset.resize(num_clusters + 1);
-  ws.active_offset.assign(chunks + 1, 0);
   int32_t dx2_size = 0;
   for (int k = 0; k < num_clusters; ++k) {
     const float* c = centers + k * kCenterStride;
@@ -296,10 +296,7 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
     }
     ws.windows[k] = win;
     ws.dx2_offset[k] = dx2_size;
-    if (win.y1 > win.y0) {
-      dx2_size += (win.x1 + kLanes - 1) / kLanes * kLanes - win.x0 / kLanes * kLanes;
-      for (int j = win.x0 / kLanes; j * kLanes < win.x1; ++j) ++ws.active_offset[j + 1];
-    }
+    if (win.y1 > win.y0) dx2_size += (win.x1 + kLanes - 1) / kLanes * kLanes - win.x0 / kLanes * kLanes;
   }
   ws.dx2_offset[num_clusters] = dx2_size;
   ws.dx2.resize(dx2_size);
@@ -309,13 +306,9 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
       fill_dx2(ws.dx2.data() + ws.dx2_offset[k], ws.dx2_offset[k + 1] - ws.dx2_offset[k], w.x0 / kLanes * kLanes,
                w, centers[k * kCenterStride + 4], spatial_weight);
   }
-  for (int j = 0; j < chunks; ++j) ws.active_offset[j + 1] += ws.active_offset[j];
-  ws.active.resize(ws.active_offset[chunks]);
-  ws.active_dx2.resize(ws.active_offset[chunks]);
   ws.center_y.resize(num_clusters);
   ws.row_dy2.resize(num_clusters);
   for (int k = 0; k < num_clusters; ++k) ws.center_y[k] = centers[k * kCenterStride + 3];
-  ws.active_size.assign(chunks, 0);
   if (num_clusters <= 64) {  // sets of clusters as one word each (assign_rows)
     ws.column_bits.assign(chunks, 0);
     ws.start_bits.assign(height + 1, 0);
@@ -328,7 +321,15 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
       ws.end_bits[w.y1] |= bit;
       for (int j = w.x0 / kLanes; j * kLanes < w.x1; ++j) ws.column_bits[j] |= bit;
     }
-  } else {
+  } else {  // sorted lists: room per chunk column for every window that overlaps it
+    ws.active_offset.assign(chunks + 1, 0);
+    for (const Window& w : ws.windows)
+      if (w.y1 > w.y0)
+        for (int j = w.x0 / kLanes; j * kLanes < w.x1; ++j) ++ws.active_offset[j + 1];
+    for (int j = 0; j < chunks; ++j) ws.active_offset[j + 1] += ws.active_offset[j];
+    ws.active.resize(ws.active_offset[chunks]);
+    ws.active_dx2.resize(ws.active_offset[chunks]);
+    ws.active_size.assign(chunks, 0);
     bucket_by_row(ws.windows, height, false, ws.start_offset, ws.start_list);
     bucket_by_row(ws.windows, height, true, ws.end_offset, ws.end_list);
   }
@@ -384,22 +385,13 @@ void move_centers(int num_clusters, const double* sums, float* centers) {
   }
 }
 
-// Bit x of bits (width / 64 words) is set where a run of equal values ends: row[x] != row[x + 1],
-// and at the last column. A vector compare to bytes, then 8 bytes to 8 bits by one multiply,
-// instead of a branch per pixel.
-VIGSP_HOT void run_end_bits(const int32_t* __restrict row, int width, uint8_t* __restrict change,
+// Bit x of bits is set where a run of equal values ends: row[x] != row[x + 1], and at the last
+// column. A vector compare to bytes, then bits_lacking, instead of a branch per pixel.
+VIGSP_HOT void run_end_bits(const int32_t* __restrict row, int width, uint8_t* __restrict same,
                             uint64_t* __restrict bits) {
-  for (int x = 0; x + 1 < width; ++x) change[x] = static_cast<uint8_t>(row[x] != row[x + 1]);
-  change[width - 1] = 1;
-  std::fill(bits, bits + (width + 63) / 64, 0);
-  constexpr uint64_t kGather = 0x0102040810204080;  // byte i (0 or 1) -> bit 56 + i
-  int x = 0;
-  for (; x + 8 <= width; x += 8) {
-    uint64_t bytes;
-    std::memcpy(&bytes, change + x, sizeof bytes);
-    bits[x >> 6] |= ((bytes * kGather) >> 56) << (x & 63);
-  }
-  for (; x < width; ++x) bits[x >> 6] |= static_cast<uint64_t>(change[x]) << (x & 63);
+  for (int x = 0; x + 1 < width; ++x) same[x] = static_cast<uint8_t>(row[x] == row[x + 1]);
+  same[width - 1] = 0;
+  bits_lacking<1>(same, width, {1}, {bits});
 }
 
 // Relabels the 4-connected components of the k-means assignment to compact labels, numbered
@@ -418,7 +410,7 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
   run_x.clear();
   parent.clear();
   const int words = (width + 63) / 64;
-  ws.row_change.resize(width);
+  ws.row_same.resize(width);
   ws.row_end_bits.resize(words);
   row_first.resize(height + 1);
   auto find = [&](int32_t r) {
@@ -429,7 +421,7 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
     const int32_t* row = assignment + static_cast<int64_t>(y) * width;
     const int32_t first = static_cast<int32_t>(run_x.size());
     row_first[y] = first;
-    run_end_bits(row, width, ws.row_change.data(), ws.row_end_bits.data());
+    run_end_bits(row, width, ws.row_same.data(), ws.row_end_bits.data());
     for (int w = 0, x = 0; w < words; ++w) {
       for (uint64_t bits = ws.row_end_bits[w]; bits != 0; bits &= bits - 1) {
         const auto id = static_cast<int32_t>(run_x.size());

@@ -99,7 +99,7 @@ struct Workspace {
   // Connectivity enforcement on runs (opaque).
   std::vector<int32_t> run_x, run_parent, row_first_run;
   std::vector<int64_t> run_size;
-  std::vector<uint8_t> row_change;
+  std::vector<uint8_t> row_same;
   std::vector<uint64_t> row_end_bits;
 };
 
