@@ -125,27 +125,73 @@ def test_keyboard_interrupt_marks_killed(workdir: Path):
     assert client(workdir).get_run(tracker.run_id).info.status == "KILLED"
 
 
-def test_sigterm_marks_killed(workdir: Path):
-    run_dir = workdir / "runs" / "sigterm"
-    script = f"""
-import sys, time
-from vigsp.tracking import Tracker
-with Tracker.open({{}}, {str(run_dir)!r}, rank=0, experiment="ends", system_metrics_interval_s=None) as t:
-    for step in range(10):
-        t.log_metrics({{"train/loss": 1.0}}, step)
-    print("READY", flush=True)
-    time.sleep(120)
-"""
+def test_tracker_leaves_signal_handlers_alone(workdir: Path):
+    # One owner of SIGTERM and SIGUSR2 (the engine's StopFlag): the tracker installs nothing.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    with open_tracker(workdir / "runs" / "signals", "ends"):
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def _run_until_sigterm(run_dir: Path, workdir: Path, script: str) -> subprocess.Popen:
+    """Start ``script`` (which logs steps 0..9, prints READY and sleeps), then SIGTERM it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", script], cwd=workdir, env=env, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    proc.wait(timeout=60)
+    return proc
+
+
+def test_sigterm_made_an_interrupt_by_its_owner_marks_killed(workdir: Path):
+    # The tracker installs no handler of its own: whoever owns SIGTERM decides. An owner that
+    # turns it into KeyboardInterrupt unwinds the ``with`` block, which flushes and marks KILLED.
+    run_dir = workdir / "runs" / "sigterm"
+    script = f"""
+import signal, time
+from vigsp.tracking import Tracker
+signal.signal(signal.SIGTERM, signal.default_int_handler)
+with Tracker.open({{}}, {str(run_dir)!r}, rank=0, experiment="ends", system_metrics_interval_s=None) as t:
+    for step in range(10):
+        t.log_metrics({{"train/loss": 1.0}}, step)
+    print("READY", flush=True)
+    time.sleep(120)
+"""
+    proc = _run_until_sigterm(run_dir, workdir, script)
+    assert proc.returncode != 0
     run_id = json.loads((run_dir / RUN_FILE).read_text())["run_id"]
     assert client(workdir).get_run(run_id).info.status == "KILLED"
     assert steps_of(workdir, run_id) == list(range(10))  # flushed before ending
+
+
+def test_sigterm_under_the_engines_stop_flag_requeues(workdir: Path):
+    # As the engine does: StopFlag owns SIGTERM (entered first), the loop stops at a step
+    # boundary and finishes REQUEUED; the tracker's ``with`` does not turn it into KILLED.
+    run_dir = workdir / "runs" / "sigterm-stopflag"
+    script = f"""
+import time
+from vigsp.tracking import RunEnd, Tracker
+from vigsp.train.signals import StopFlag
+tracker = Tracker.open({{}}, {str(run_dir)!r}, rank=0, experiment="ends", system_metrics_interval_s=None)
+with StopFlag() as stop, tracker:
+    for step in range(10):
+        tracker.log_metrics({{"train/loss": 1.0}}, step)
+    print("READY", flush=True)
+    deadline = time.monotonic() + 120
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stop.requested
+    tracker.finish(RunEnd.REQUEUED)
+"""
+    proc = _run_until_sigterm(run_dir, workdir, script)
+    assert proc.returncode == 0
+    run_id = json.loads((run_dir / RUN_FILE).read_text())["run_id"]
+    assert client(workdir).get_run(run_id).info.status == "RUNNING"
+    assert steps_of(workdir, run_id) == list(range(10))
+    report = last_report(run_dir)
+    assert report["end"] == "REQUEUED" and report["complete"]
 
 
 def test_requeue_leaves_running_and_resume_continues_without_duplicates(workdir: Path):

@@ -1,4 +1,4 @@
-"""Fast checks of the tracking layer's pure parts: params, loss accounting, URIs, end states."""
+"""Fast checks of the tracking layer: params, loss accounting, URIs, end states, the sender's worker."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from vigsp.tracking.names import EMBEDDED_ARTIFACTS
-from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, ParamsOp, TagsOp, Unlogged
+from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, Op, ParamsOp, TagsOp, Unlogged
 from vigsp.tracking.params import KEY_LIMIT, PARAM_VALUE_LIMIT, TRUNCATION_MARK, config_params, flatten
-from vigsp.tracking.sender import RunSpec, Sender
+from vigsp.tracking.sender import Backoff, RunSpec, Sender
 from vigsp.tracking.store import artifact_location, open_client, resolve_tracking_uri, sqlite_path
-from vigsp.tracking.tracker import RunEnd, TerminatedBySignal, end_for_exception
+from vigsp.tracking.tracker import RunEnd, end_for_exception
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,76 @@ def test_full_queue_drops_newest_without_blocking_and_counts_them(tmp_path: Path
     assert sender.dropped.metric_steps["loss"] == [7, 3, 9]
 
 
+class _FlakyRun:
+    """Stands in for the sender's MlflowRun: the first ``failures`` sends fail as a dead server's."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[Op] = []
+
+    def open(self) -> None:
+        pass
+
+    def send(self, batch: list[Op]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("connection refused")
+        self.sent.extend(batch)
+
+
+def _sender_on(run: _FlakyRun, tmp_path: Path) -> Sender:
+    sender = Sender(
+        RunSpec("sqlite:///unused.db", "e", tmp_path), queue_size=100, backoff=Backoff(0.01, 0.05)
+    )
+    sender.mlflow = run  # type: ignore[assignment]
+    return sender
+
+
+def test_flush_returns_once_everything_before_it_is_sent(tmp_path: Path):
+    run = _FlakyRun(failures=0)
+    sender = _sender_on(run, tmp_path)
+    sender.start()
+    for step in range(5):
+        sender.submit(MetricsOp({"loss": float(step)}, step, 0))
+    assert sender.flush(timeout_s=10)
+    assert [op.step for op in run.sent if isinstance(op, MetricsOp)] == list(range(5))
+    assert sender.close(None, 10, 0).total == 0
+
+
+def test_transient_failures_are_retried_warned_once_and_replayed_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level("INFO", logger="vigsp.tracking")
+    run = _FlakyRun(failures=3)
+    sender = _sender_on(run, tmp_path)
+    for step in range(5):
+        sender.submit(MetricsOp({"loss": float(step)}, step, 0))
+    sender.start()
+    lost = sender.close("FINISHED", 10, 0)
+    assert lost.total == 0 and sender.outages == 1
+    assert [op.step for op in run.sent if isinstance(op, MetricsOp)] == list(range(5))  # each once
+    assert run.sent[-1] == EndOp("FINISHED")
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is unreachable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+
+
+def test_close_while_unreachable_names_what_was_not_logged(tmp_path: Path):
+    sender = _sender_on(_FlakyRun(failures=10**9), tmp_path)
+    sender.start()
+    for step in range(3):
+        sender.submit(MetricsOp({"loss": 1.0}, step, 0))
+    sender.submit(ArtifactOp(tmp_path / "a.png", None))
+    start = time.monotonic()
+    assert not sender.flush(timeout_s=30)  # does not wait for a dead server
+    assert time.monotonic() - start < 5
+    lost = sender.close("FINISHED", 0.2, 0)
+    assert not sender.is_alive()
+    assert dict(lost.counts) == {"metrics": 3, "artifacts": 1, "status": 1}
+    assert lost.metric_steps["loss"] == [3, 0, 2]
+    assert dict(lost.reasons) == {"MLflow unreachable until the end of the run": 5}
+
+
 def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns.db"
@@ -125,7 +196,6 @@ def test_processes_opening_a_fresh_sqlite_store_together_all_succeed(tmp_path: P
         (None, RunEnd.FINISHED),
         (RuntimeError("boom"), RunEnd.FAILED),
         (KeyboardInterrupt(), RunEnd.KILLED),
-        (TerminatedBySignal(15), RunEnd.KILLED),
         (SystemExit(0), RunEnd.FINISHED),
         (SystemExit(3), RunEnd.FAILED),
     ],

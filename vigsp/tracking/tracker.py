@@ -15,8 +15,10 @@ Typical use by the engine::
             tracker.finish(RunEnd.REQUEUED)  # the MLflow run stays RUNNING for the next job
 
 Leaving the ``with`` block normally marks the run FINISHED, an exception marks it FAILED,
-KeyboardInterrupt or SIGTERM marks it KILLED. Every call returns at once: MLflow is talked to
-by a background thread (see ``sender``), so a slow or dead tracking server never stalls a step.
+KeyboardInterrupt marks it KILLED. The tracker installs no signal handlers: SIGTERM and SIGUSR2
+belong to the engine's ``StopFlag``, which stops at a step boundary (``finish(REQUEUED)``).
+Every call returns at once: MLflow is talked to by a background thread (see ``sender``), so a
+slow or dead tracking server never stalls a step.
 """
 
 from __future__ import annotations
@@ -25,14 +27,12 @@ import atexit
 import json
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from vigsp.errors import UserError
@@ -48,22 +48,14 @@ TAG_VALUE_LIMIT = 5000  # MLflow allows 8000; leave room for servers with older 
 class RunEnd(str, Enum):
     FINISHED = "FINISHED"  # training reached its true end
     FAILED = "FAILED"  # an exception
-    KILLED = "KILLED"  # Ctrl-C, SIGTERM, scancel without requeue
+    KILLED = "KILLED"  # Ctrl-C
     REQUEUED = "REQUEUED"  # stopped to continue in a later job: the MLflow run stays RUNNING
-
-
-class TerminatedBySignal(BaseException):
-    """SIGTERM turned into an exception, so the ``with`` block unwinds and marks the run KILLED."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by signal {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 def end_for_exception(exc: BaseException | None) -> RunEnd:
     if exc is None:
         return RunEnd.FINISHED
-    if isinstance(exc, (KeyboardInterrupt, TerminatedBySignal)):
+    if isinstance(exc, KeyboardInterrupt):
         return RunEnd.KILLED
     if isinstance(exc, SystemExit) and exc.code in (0, None):
         return RunEnd.FINISHED
@@ -177,7 +169,6 @@ class Tracker(NullTracker):
         self.unlogged: Unlogged | None = None  # set by finish
         self._sampler: Any = None
         self._finished = False
-        self._old_sigterm: Any = None
         atexit.register(self._flush_at_exit)
 
     @property
@@ -252,19 +243,11 @@ class Tracker(NullTracker):
         return self.unlogged
 
     def __enter__(self) -> Tracker:
-        # Turn SIGTERM into an exception so the run is marked KILLED, unless someone
-        # (submitit, the engine) already handles it.
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
         self.finish(end_for_exception(exc))
         return False
 
@@ -324,10 +307,6 @@ class Tracker(NullTracker):
             )
         else:
             log.info("MLflow run %s: everything was logged", sender.run_id)
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise TerminatedBySignal(signum)
 
 
 def _provenance() -> dict[str, str]:
