@@ -4,7 +4,8 @@ For each image size the same pipeline (read, decode, random resized crop, flip, 
 normalise, batch) runs without and with ``fn.vigsp.superpixel_graph`` (SLIC, SLIC with
 ``subsample_stride=3``, and the grid ablation), on every core, batch 64, the variants taking
 turns. The graph variants carry what training carries (label maps, node features and counts:
-MODEL_GRAPH_OUTPUTS); "SLIC, all outputs" also pads and carries the RAG edges and pixel masks.
+the ViG-SP models' ``ModelInputs.pipeline_outputs``); "SLIC, all outputs" also pads and carries
+the RAG edges and pixel masks.
 The figure that matters is each ratio against the pipeline without the operator, in the same
 run (target: >= 0.6, i.e. the graph costs at most 40 % of the input throughput).
 
@@ -88,7 +89,8 @@ def batch_streams(case: Case, variants: list[str], seconds: float, repeats: int)
     from vigsp.data.config import DataConfig
     from vigsp.data.folders import load_split
     from vigsp.data.loader import TrainLoader
-    from vigsp.data.pipelines import GRAPH_OUTPUTS, MODEL_GRAPH_OUTPUTS
+    from vigsp.data.pipelines import GRAPH_OUTPUTS
+    from vigsp.models import get_spec
 
     streams = {}
     for variant in variants:
@@ -107,7 +109,8 @@ def batch_streams(case: Case, variants: list[str], seconds: float, repeats: int)
         # Enough (repeated) files that one epoch covers warm-up and every timed batch.
         needed = (int(MAX_RATE * seconds * repeats / BATCH) + repeats + 4) * BATCH
         index = index.subset(np.resize(np.arange(len(index)), max(needed, len(index))))
-        outputs = GRAPH_OUTPUTS if variant in ALL_OUTPUTS else MODEL_GRAPH_OUTPUTS
+        model_outputs = get_spec("vig_sp_tiny").inputs().pipeline_outputs
+        outputs = GRAPH_OUTPUTS if variant in ALL_OUTPUTS else model_outputs
         stream = TrainLoader(cfg, index=index, outputs=outputs).iter_epoch(0)
         for _ in range(3):  # warm-up: pipeline start, prefetch queue filled
             next(stream)

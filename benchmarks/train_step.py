@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from vigsp.train.distributed import free_port
+
 SETTINGS = [(0, False), (1, False), (2, False)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -41,8 +36,8 @@ def worker(args: argparse.Namespace) -> None:
     from vigsp.models import create_model
     from vigsp.models.example_inputs import example_inputs
     from vigsp.train.distributed import init_process_group, read_env
-    from vigsp.train.engine import match_buffers_to_weights
     from vigsp.train.optim import build_optimizer
+    from vigsp.train.setup import match_buffers_to_weights
 
     env = read_env()
     init_process_group(env)
@@ -91,7 +86,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_setting(args: argparse.Namespace, zero: int, bf16: bool) -> float:
-    port = _free_port()
+    port = free_port()
     threads = max(1, (os.cpu_count() or 2) // args.world)
     procs = []
     for rank in range(args.world):

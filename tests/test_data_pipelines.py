@@ -22,8 +22,9 @@ from vigsp import superpixels
 from vigsp.data.config import DataConfig
 from vigsp.data.fashion_mnist import PrepareResult
 from vigsp.data.loader import BadImageError, Batch, EvalLoader, GraphCapacityError, TrainLoader
-from vigsp.data.pipelines import MODEL_GRAPH_OUTPUTS, choose_decoder
+from vigsp.data.pipelines import choose_decoder
 from vigsp.errors import UserError
+from vigsp.models import get_spec
 
 pytestmark = pytest.mark.dali
 
@@ -129,7 +130,7 @@ def test_model_outputs_only_carry_what_the_model_reads(fashion_mnist: PrepareRes
     # What training asks for: the same label maps, features and counts, without edges and pixel masks.
     cfg = make_config(fashion_mnist, lists)
     full = list(TrainLoader(cfg).iter_epoch(0))[:3]
-    lean_loader = TrainLoader(cfg, outputs=MODEL_GRAPH_OUTPUTS)
+    lean_loader = TrainLoader(cfg, outputs=get_spec("vig_sp_tiny").inputs().pipeline_outputs)
     assert "edges" not in lean_loader.output_names and "pixel_mask" not in lean_loader.output_names
     lean = list(lean_loader.iter_epoch(0))[:3]
     for a, b in zip(full, lean, strict=True):

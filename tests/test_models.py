@@ -19,8 +19,6 @@ from vigsp.models import ViG, ViGSP, create_model, list_models
 from vigsp.models.example_inputs import (
     collate_superpixels,
     example_inputs,
-    grid_labels,
-    node_features_from_labels,
 )
 from vigsp.models.knn import masked_knn
 from vigsp.models.pixel_gcn import SameLabelGraph
@@ -437,17 +435,6 @@ def test_masked_knn_matches_brute_force_and_skips_padding(k: int, dilation: int,
         rows = got[b][mask[b]]
         assert mask[b][rows].all()  # never a padded neighbour
         assert (rows[:, 0] == torch.nonzero(mask[b]).squeeze(1)).all()  # each node is its own nearest
-
-
-def test_numpy_stand_in_features_match_the_core_except_lab() -> None:
-    """The fallback used when the native core is missing computes the core's first 10 features."""
-    rng = np.random.default_rng(4)
-    image = rng.integers(0, 256, (23, 29, 3)).astype(np.uint8)
-    labels = grid_labels(23, 29, 12)
-    expected = sp.graph_from_labels(image, labels).features
-    got = node_features_from_labels(image, labels)
-    np.testing.assert_allclose(got[:, :10], expected[:, :10], rtol=1e-5, atol=1e-6)
-    assert (got[:, 10:] == 0).all()
 
 
 def test_collate_rejects_graphs_larger_than_max_nodes() -> None:

@@ -244,3 +244,39 @@ def test_resume_with_another_world_size(data, tmp_path) -> None:
     # One rank takes 8 images per step instead of 16: 20 steps per epoch, 40 in all, counted on
     # from the checkpoint (the interrupted epoch restarts its data order for the new world size).
     assert [s[0] for s in read_steps(run_dir)] == list(range(1, 41))
+
+
+@pytest.mark.mlflow
+def test_overlay_is_drawn_from_the_first_validation_batch(data, mlflow_server, tmp_path) -> None:
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from vigsp.config import load_config
+    from vigsp.data.loader import EvalLoader
+    from vigsp.models import get_spec
+
+    server: MlflowServer = mlflow_server
+    experiment = f"overlay-{tmp_path.name}"
+    env = {"MLFLOW_TRACKING_URI": server.uri}
+    finish(
+        train(
+            tmp_path,
+            data,
+            "run.max_steps=2",
+            "run.epochs=1",
+            f"tracking.experiment_name={experiment}",
+            env=env,
+        )
+    )
+
+    client = MlflowClient(server.uri)
+    run = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])[0]
+    drawn = np.load(client.download_artifacts(run.info.run_id, "figures/superpixels.npz", str(tmp_path)))
+    # The first batch rank 0's validation loader yields, built from the run's own resolved config.
+    cfg = load_config(tmp_path / "runs" / "r" / "config.yaml")
+    outputs = get_spec(cfg.model.name).inputs().pipeline_outputs
+    first = next(iter(EvalLoader(cfg.data, rank=0, world_size=2, outputs=outputs)))
+    count = len(drawn["index"])
+    assert count == min(8, len(first)) and count > 0
+    np.testing.assert_array_equal(drawn["index"], first.index[:count].numpy())
+    np.testing.assert_array_equal(drawn["label_maps"], first.label_maps[:count].numpy())

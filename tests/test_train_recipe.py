@@ -134,12 +134,12 @@ class _FakeEngine:
 
 def test_rotation_keeps_last_k_and_the_best(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path, DistEnv(0, 1, 0, torch.device("cpu")), keep_last=2, keep_best=True)
-    engine = _FakeEngine()
+    manager.register_engine(_FakeEngine())
     for step in (10, 20, 30):
-        manager.save(engine, step, {}, {})
+        manager.save(step)
     manager.mark_best(tag_for(20), 50.0, 2)
     for step in (40, 50):
-        manager.save(engine, step, {}, {})
+        manager.save(step)
     assert manager.complete_tags() == [tag_for(20), tag_for(40), tag_for(50)]
     assert (manager.dir / LATEST).read_text().strip() == tag_for(50)
     (manager.dir / "step_00000060").mkdir()  # a save killed before COMPLETE

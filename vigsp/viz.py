@@ -59,9 +59,24 @@ def boundary_mask(pixel_mask: np.ndarray) -> np.ndarray:
     return boundary
 
 
+def label_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour carries another label."""
+    boundary = np.zeros(labels.shape, dtype=bool)
+    boundary[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    boundary[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return boundary
+
+
+# Panels are drawn at least this many pixels wide: a 28 px image is enlarged first, so its
+# boundaries are thin lines between the enlarged pixels instead of covering a quarter of them.
+DISPLAY_PX = 224
+
+
 def render(
     images: list[np.ndarray], titles: list[str], graphs: list, out: Path, edges: bool = True, columns: int = 4
 ) -> None:
+    """One panel per image: boundaries (yellow), centroids (red), adjacency (cyan). ``graphs`` are
+    the core's ``SuperpixelGraph``s of the images (labels, features, rag_edges)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,12 +93,13 @@ def render(
         ax.axis("off")
     for ax, image, title, graph in zip(axes.flat, images, titles, graphs, strict=False):
         height, width = image.shape[:2]
-        shown = image.copy()
-        shown[boundary_mask(graph.pixel_mask)] = (255, 220, 0)
+        scale = max(1, math.ceil(DISPLAY_PX / max(height, width)))
+        shown = np.repeat(np.repeat(image, scale, 0), scale, 1)
+        shown[label_boundaries(np.repeat(np.repeat(graph.labels, scale, 0), scale, 1))] = (255, 220, 0)
         ax.imshow(shown, interpolation="nearest")
         # Centroids are normalised as (mean + 0.5) / size; imshow puts pixel i's centre at i.
-        ys = graph.features[:, cy] * height - 0.5
-        xs = graph.features[:, cx] * width - 0.5
+        ys = graph.features[:, cy] * height * scale - 0.5
+        xs = graph.features[:, cx] * width * scale - 0.5
         if edges and len(graph.rag_edges):
             segments = np.stack(
                 [np.stack([xs, ys], 1)[graph.rag_edges[:, 0]], np.stack([xs, ys], 1)[graph.rag_edges[:, 1]]],

@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from vigsp.config.overrides import flatten
 from vigsp.config.schema import TrainConfig
 from vigsp.errors import UserError
 
@@ -44,18 +45,6 @@ def _as_tree(config: ConfigLike) -> dict[str, Any]:
     """A JSON-shaped dict (paths as strings, tuples as lists) from a config or a saved config dict."""
     tree = config.model_dump(mode="json") if isinstance(config, TrainConfig) else dict(config)
     return json.loads(json.dumps(tree, default=str))
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}, "c": {}}`` -> ``{"a.b": 1}``: an empty mapping reads like an absent key."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def incompatible_fields(config: ConfigLike) -> dict[str, Any]:

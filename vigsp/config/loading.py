@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vigsp.config.messages import format_validation_error
+from vigsp.config.model_inputs import resolve_model_inputs
 from vigsp.config.overrides import OverrideError, deep_merge, parse_overrides, set_key
 from vigsp.config.schema import TrainConfig
 from vigsp.config.yaml_io import load_yaml_file
@@ -211,4 +212,4 @@ def load_config(config: str | os.PathLike[str], overrides: Sequence[str] = ()) -
             sources.record(override.value, source, f"{override.key}.")
     if problems:
         raise UserError("\n".join(problems))
-    return validate_tree(tree, _display(path), sources.by_key)
+    return resolve_model_inputs(validate_tree(tree, _display(path), sources.by_key))

@@ -63,6 +63,19 @@ def parse_override(text: str) -> Override:
     return Override(text=text, key=key, value=value)
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "", *, empty_as_leaf: bool = False) -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` -> ``{"a.b": 1}``: lists and scalars are leaves, and an empty
+    mapping reads like an absent key, or with ``empty_as_leaf`` is kept as ``{"c": {}}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and (value or not empty_as_leaf):
+            flat.update(flatten(value, f"{dotted}.", empty_as_leaf=empty_as_leaf))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """A new dict: mappings merge key by key, anything else in ``update`` replaces."""
     merged = dict(base)

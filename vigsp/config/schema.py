@@ -57,6 +57,11 @@ class RunConfig(Section):
     log_every: int = Field(50, ge=1, description="log training metrics every N optimizer steps")
     eval_every: int = Field(1, ge=1, description="evaluate on the validation set every N epochs")
 
+    @property
+    def directory(self) -> Path:
+        """The run directory, ``output_dir/name``, as an absolute path (the one place it is formed)."""
+        return (Path(self.output_dir) / self.name).resolve()
+
     @field_validator("name")
     @classmethod
     def _filesystem_safe(cls, value: str) -> str:

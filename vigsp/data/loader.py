@@ -17,9 +17,7 @@ to whole batches inside DALI and the padding dropped again (LastBatchPolicy.PART
 ranks together see every image exactly once. Ranks may run different numbers of batches (the last
 one partial); reduce metrics after the loop, not per batch.
 
-An image DALI cannot decode stops the run with ``BadImageError`` naming the file (found by
-re-checking the few files of the failing batches), and a superpixel count above data.max_nodes
-(or edges above data.max_edges) with ``GraphCapacityError`` naming the image and the key.
+Bad images and oversized graphs stop the run with errors naming the file (vigsp/data/batch.py).
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +34,13 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from vigsp.data.batch import (
+    BadImageError,
+    Batch,
+    GraphCapacityError,
+    check_capacity,
+    explain_pipeline_failure,
+)
 from vigsp.data.config import DataConfig
 from vigsp.data.folders import ImageIndex, load_split, resolve_classes
 from vigsp.data.pipelines import (
@@ -48,59 +53,11 @@ from vigsp.data.pipelines import (
     choose_decoder,
     dali_superpixel_step,
 )
-from vigsp.data.probe import DaliDecodeProbe, Issue, dali_error_summary, probe_file
 from vigsp.errors import UserError
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-
-
-class BadImageError(UserError):
-    """A dataset image that the decoder cannot read; the message names it."""
-
-
-class GraphCapacityError(UserError):
-    """An image whose superpixel graph does not fit data.max_nodes / data.max_edges."""
-
-
-@dataclass
-class Batch:
-    """One rank's batch. Graph fields are None when the pipeline has no superpixel step, or when
-    the loader was not asked for them (``outputs``; training asks for MODEL_GRAPH_OUTPUTS only).
-
-    images        [B, 3, S, S] float32, normalised
-    labels        [B] int64 class index
-    index         [B] int64 position of the image in its split's ImageIndex
-    label_maps    [B, S, S] int32 superpixel id of every pixel
-    node_features [B, max_nodes, 13] float32 (vigsp.superpixels.FEATURE_NAMES), zero past node_counts
-    node_mask     [B, max_nodes] bool, True for real nodes
-    node_counts   [B] int32
-    edges         [B, max_edges, 2] int32 region-adjacency edges (i < j), -1 past edge_counts
-    edge_counts   [B] int32
-    pixel_mask    [B, S, S] uint8 intra-superpixel pixel graph (bit 0: right, bit 1: down neighbour)
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor
-    label_maps: torch.Tensor | None = None
-    node_features: torch.Tensor | None = None
-    node_mask: torch.Tensor | None = None
-    node_counts: torch.Tensor | None = None
-    edges: torch.Tensor | None = None
-    edge_counts: torch.Tensor | None = None
-    pixel_mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
-        moved = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            moved[field.name] = value.to(device, non_blocking=non_blocking) if value is not None else None
-        return Batch(**moved)
 
 
 StepSetting = SuperpixelStep | Literal["auto"] | None
@@ -180,33 +137,22 @@ class _Loader:
         if self.step is None:
             return batch
         node_counts = out["node_counts"].reshape(-1)
-        self._check_capacity(index, node_counts, self.cfg.node_capacity, "superpixels", "data.max_nodes")
+
+        def path_of(i: int) -> Path:  # looked up for an error message only
+            return self.index.path(int(index[i]))
+
+        check_capacity(path_of, node_counts, self.cfg.node_capacity, "superpixels", "data.max_nodes")
         batch.node_counts = node_counts
         batch.node_mask = torch.arange(self.cfg.node_capacity) < node_counts[:, None]
         if "edge_counts" in out:
             edge_counts = out["edge_counts"].reshape(-1)
-            self._check_capacity(
-                index, edge_counts, self.cfg.edge_capacity, "adjacency edges", "data.max_edges"
-            )
+            check_capacity(path_of, edge_counts, self.cfg.edge_capacity, "adjacency edges", "data.max_edges")
             batch.edge_counts = edge_counts
         batch.label_maps = out.get("label_maps")
         batch.node_features = out.get("node_features")
         batch.edges = out.get("edges")
         batch.pixel_mask = out.get("pixel_mask")
         return batch
-
-    def _check_capacity(
-        self, index: torch.Tensor, counts: torch.Tensor, capacity: int, what: str, key: str
-    ) -> None:
-        over = torch.nonzero(counts > capacity).flatten()
-        if over.numel():
-            worst = int(counts.max())
-            path = self.index.path(int(index[over[0]]))
-            raise GraphCapacityError(
-                f"{path} has {int(counts[over[0]])} {what} after augmentation, more than {key} = {capacity} "
-                f"({over.numel()} such image(s) in this batch, up to {worst}); raise {key} to at least "
-                f"{worst} (more padding per image), or lower data.superpixel.n_segments"
-            )
 
     def _iterate(self, iterator: DALIGenericIterator, shard: np.ndarray, first_step: int) -> Iterator[Batch]:
         """Batches from ``iterator``; a DALI failure becomes a report on the files around it."""
@@ -226,25 +172,9 @@ class _Loader:
         # so the culprit is among these; re-checking a few hundred files takes seconds.
         size = self.cfg.batch_size
         window = shard[position * size : (position + self.cfg.prefetch + 2) * size]
-        probe = DaliDecodeProbe()
         paths = list(dict.fromkeys(str(self.index.path(int(i))) for i in window))
-        bad: list[Issue] = [
-            issue
-            for path in paths
-            for issue in probe_file(path, min_size=0, dali=probe)
-            if issue.severity == "error"
-        ]
-        summary = dali_error_summary(str(err))
-        if not bad:
-            return RuntimeError(
-                f"the {self.split} pipeline failed at batch {position} on rank {self.rank}: {summary}"
-            )
-        listed = "\n".join(f"  {issue.path}: {issue.kind}: {issue.detail}" for issue in bad)
-        return BadImageError(
-            f"cannot decode {len(bad)} image(s) of the {self.split} split ({self.index.root}):\n{listed}\n"
-            f"{bad[0].advice}. `vigsp data check {self.index.root}` lists every such file, and "
-            f"`--write-exclude FILE` writes them out for data.exclude_list. (DALI said: {summary})"
-        )
+        where = f"the {self.split} pipeline failed at batch {position} on rank {self.rank}"
+        return explain_pipeline_failure(err, paths, self.split, self.index.root, where)
 
 
 class TrainLoader(_Loader):
@@ -291,10 +221,9 @@ class TrainLoader(_Loader):
                 f"the training split has {len(self.index)} images, fewer than one global batch "
                 f"({world_size} rank(s) x data.batch_size {cfg.batch_size}); lower data.batch_size"
             )
-        self._resume = self._validated(state)
-        self.epoch = self._resume["epoch"] if self._resume else 0
         self._step = 0  # batches taken from the current epoch
         self._iterator: DALIGenericIterator | None = None
+        self.load_state_dict(state)
 
     def _fingerprint(self) -> dict[str, int]:
         # What the saved DALI reader position is relative to; if any differs it cannot be reused.
@@ -374,8 +303,14 @@ class TrainLoader(_Loader):
             self._iterator = None
         self.epoch, self._step = epoch + 1, 0
 
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue where ``state`` (from ``state_dict()``) was, at the next ``iter_epoch``."""
+        self._resume = self._validated(state)
+        self.epoch = self._resume["epoch"] if self._resume else 0
+
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank is: restore with ``TrainLoader(..., state=...)``. JSON-serialisable."""
+        """Where this rank is: restore with ``load_state_dict`` (or ``TrainLoader(..., state=...)``).
+        JSON-serialisable."""
         if self._iterator is None and self._resume is not None:
             return dict(self._resume)  # restored or left early, and not iterated since
         dali = None
@@ -459,11 +394,4 @@ def make_loaders(
     return train, val
 
 
-__all__ = [
-    "BadImageError",
-    "Batch",
-    "EvalLoader",
-    "GraphCapacityError",
-    "TrainLoader",
-    "make_loaders",
-]
+__all__ = ["BadImageError", "Batch", "EvalLoader", "GraphCapacityError", "TrainLoader", "make_loaders"]

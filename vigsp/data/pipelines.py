@@ -44,10 +44,6 @@ GRAPH_OUTPUTS = (
     "edge_counts",
     "pixel_mask",
 )
-# What the ViG-SP models read (the pixel GCN rebuilds the pixel graph from the label map, and the
-# backbone's graph is its own kNN): a pipeline without the other outputs skips padding and copying
-# them for every batch (BENCHMARKS.md, the pipeline's "all outputs" column).
-MODEL_GRAPH_OUTPUTS = (*PLAIN_OUTPUTS, "label_maps", "node_features", "node_counts")
 
 # timm's magnitudes run 0-10; 101 DALI bins give them a resolution of 0.1.
 _MAGNITUDE_BINS = 101

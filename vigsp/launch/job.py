@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,20 +49,6 @@ class DistributedSetup:
     device: str  # "cpu" or "cuda:N" (N indexes CUDA_VISIBLE_DEVICES)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cuda_device_count() -> int:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def setup_distributed() -> DistributedSetup:
     """Export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for torch.distributed and
     DeepSpeed from submitit's view of the task, and say which device the rank will use."""
@@ -75,20 +60,14 @@ def setup_distributed() -> DistributedSetup:
     env = submitit.helpers.TorchDistributedEnvironment().export(
         set_cuda_visible_devices=False, overwrite=True
     )
+    from vigsp.train.distributed import free_port, rank_device
+
     if env.world_size == 1 and not inherited_port:
         # submitit derives the port from the job id: array elements sharing a node could meet on
         # one, and it may lie among the ephemeral ports. One process needs no agreement: any free one.
-        env.master_port = _free_port()
+        env.master_port = free_port()
         os.environ["MASTER_PORT"] = str(env.master_port)
-    gpus = _cuda_device_count()
-    if gpus == 0:
-        # DeepSpeed would otherwise look for CUDA and fail; the engine then runs gloo on CPU.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        device = "cpu"
-    else:
-        # What the engine picks (vigsp.train.distributed.read_env), DALI's device_id included:
-        # GPU LOCAL_RANK among the visible ones, or the only one when Slurm binds one per task.
-        device = f"cuda:{env.local_rank % gpus}"
+    device = str(rank_device(env.local_rank))  # what the engine will pick (read_env), DALI's too
     return DistributedSetup(
         rank=env.rank,
         world_size=env.world_size,

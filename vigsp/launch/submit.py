@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from vigsp.config.schema import LaunchConfig
 from vigsp.errors import UserError
+from vigsp.launch.follow import LogFollower
 from vigsp.launch.slurm_env import JobRequest, format_minutes, read_partitions, validate_request
 from vigsp.launch.sweep import Entry, expand_sweep, is_override, plan_runs
 
@@ -289,7 +290,7 @@ def submit(
         Submission(
             job=job,
             entry=entry,
-            run_dir=(Path(entry.cfg.run.output_dir) / entry.cfg.run.name).resolve(),
+            run_dir=entry.cfg.run.directory,
             tracking_uri=uri,
             experiment=entry.cfg.tracking.experiment_name,
             where=where,
@@ -319,33 +320,13 @@ def describe(sub: Submission) -> str:
     )
 
 
-class _LogFollower:
-    """Echoes what rank 0 writes to its stderr log (progress bar, checkpoint and MLflow lines)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def poll(self) -> None:
-        try:
-            with self.path.open("rb") as log:
-                log.seek(self.offset)
-                chunk = log.read()
-        except FileNotFoundError:  # not started yet (pending in the queue)
-            return
-        self.offset += len(chunk)
-        if chunk:
-            sys.stderr.write(chunk.decode(errors="replace"))
-            sys.stderr.flush()
-
-
 def wait(submissions: list[Submission], poll_s: float = 2.0, follow: bool = False) -> int:
     """Wait for every job; print how each ended. 0 when all finished, 1 otherwise.
 
     ``follow``: echo the (single) job's rank-0 log meanwhile, so a waiting user sees progress."""
     pending = list(submissions)
     failed = 0
-    follower = _LogFollower(Path(_task0_paths(submissions[0].job)[1])) if follow else None
+    follower = LogFollower(Path(_task0_paths(submissions[0].job)[1])) if follow else None
     while pending:
         if follower is not None:
             follower.poll()

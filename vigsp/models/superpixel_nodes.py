@@ -15,29 +15,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-# Mirrors vigsp.superpixels.FEATURE_NAMES (the C++ core's node features); a test checks they agree.
-FEATURE_NAMES = (
-    "count",
-    "centroid_y",
-    "centroid_x",
-    "bbox_y0",
-    "bbox_x0",
-    "bbox_y1",
-    "bbox_x1",
-    "mean_r",
-    "mean_g",
-    "mean_b",
-    "mean_l",
-    "mean_a",
-    "mean_b_lab",
-)
+from vigsp.superpixels import FEATURE_NAMES  # the C++ core's node features, named once there
+
 NUM_NODE_FEATURES = len(FEATURE_NAMES)
 _CENTROID = [FEATURE_NAMES.index("centroid_y"), FEATURE_NAMES.index("centroid_x")]
 _COUNT = FEATURE_NAMES.index("count")
 
 
 def check_superpixel_inputs(images: Tensor, labels: Tensor, node_features: Tensor, node_mask: Tensor) -> None:
-    """Raise ``ValueError`` naming the bad input; one device sync for the value checks."""
+    """Raise ``ValueError`` naming the bad input. Value checks read back on the CPU only; on a GPU
+    they are asynchronous asserts, so the forward never waits for the device."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
     batch, _, height, width = images.shape
@@ -62,6 +49,11 @@ def check_superpixel_inputs(images: Tensor, labels: Tensor, node_features: Tenso
     )
     labels_valid = node_mask.reshape(-1)[flat.reshape(-1)].all()
     graphs_nonempty = node_mask.any(1).all()
+    if labels.device.type != "cpu":
+        # On an accelerator a readable check would wait for the device in every forward; these
+        # fail at the next synchronisation instead (the data pipeline checks the same on the CPU).
+        torch._assert_async((lo >= 0) & (hi < num_nodes) & labels_valid & graphs_nonempty)
+        return
     lo, hi, labels_valid, graphs_nonempty = torch.stack(
         [lo.long(), hi.long(), labels_valid.long(), graphs_nonempty.long()]
     ).tolist()

@@ -15,6 +15,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
+from vigsp.models.inputs import PATCH_MODEL_INPUTS
 from vigsp.models.layers import FFN, Grapher, drop_path_schedule, kaiming_init_, knn_schedule
 from vigsp.models.nodes import NodeLayout
 
@@ -104,6 +105,7 @@ class ViG(nn.Module):
     """Patch ViG: stem -> grid of patch nodes + position embedding -> :class:`IsotropicViG`."""
 
     needs_superpixels = False
+    input_names = PATCH_MODEL_INPUTS  # the batch fields forward reads
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from typing import Literal
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from vigsp.models.inputs import SUPERPIXEL_MODEL_INPUTS
 from vigsp.models.layers import kaiming_init_
 from vigsp.models.nodes import NodeLayout
 from vigsp.models.pixel_gcn import PixelGCN
@@ -22,15 +23,16 @@ from vigsp.models.vig import IsotropicViG
 
 
 class ViGSP(nn.Module):
-    """``forward(images [B,3,H,W], labels [B,H,W], node_features [B,N,13], node_mask [B,N]) -> logits``.
+    """``forward(images [B,3,H,W], label_maps [B,H,W], node_features [B,N,13], node_mask [B,N]) -> logits``.
 
-    ``labels`` are the superpixel core's compact ids (0..n-1 per image); row ``i`` of
+    ``label_maps`` are the superpixel core's compact ids (0..n-1 per image); row ``i`` of
     ``node_features``/``node_mask`` is superpixel ``i``. ``superpixel_method``, ``n_segments``
     and ``max_nodes`` tell the data pipeline how to build and pad the graphs; the model itself
     accepts any padding ``N >= max(label) + 1``.
     """
 
     needs_superpixels = True
+    input_names = SUPERPIXEL_MODEL_INPUTS  # forward's keywords
 
     def __init__(
         self,
@@ -65,16 +67,16 @@ class ViGSP(nn.Module):
         )
         kaiming_init_(self)
 
-    def forward(self, images: Tensor, labels: Tensor, node_features: Tensor, node_mask: Tensor) -> Tensor:
-        check_superpixel_inputs(images, labels, node_features, node_mask)
+    def forward(self, images: Tensor, label_maps: Tensor, node_features: Tensor, node_mask: Tensor) -> Tensor:
+        check_superpixel_inputs(images, label_maps, node_features, node_mask)
         layout = NodeLayout.from_mask(node_mask)
         # Named ranges: the profiler (benchmarks/models.py) reports the forward time of each stage.
         with record_function("vigsp.unet"):
             pixels = self.unet(images)
         with record_function("vigsp.pixel_gcn"):
-            pixels = self.pixel_gcn(pixels, labels)
+            pixels = self.pixel_gcn(pixels, label_maps)
         with record_function("vigsp.pool_embed"):
-            pooled = superpixel_pool(pixels, labels, layout.num_nodes)  # [B, N, 2F]
+            pooled = superpixel_pool(pixels, label_maps, layout.num_nodes)  # [B, N, 2F]
             x = self.node_embed(layout.pack(pooled), layout.pack(node_features))
         with record_function("vigsp.backbone"):
             x = self.backbone.forward_features(x, layout)

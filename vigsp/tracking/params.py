@@ -7,6 +7,8 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from vigsp.config.overrides import flatten
+
 # MLflow 3 accepts 6000 characters, but servers before 2.x-late reject more than 500; the full
 # config is also stored as an artifact, so a truncated param loses nothing.
 PARAM_VALUE_LIMIT = 500
@@ -16,18 +18,6 @@ PARAMS_PER_BATCH = 100  # MLflow's limit on params (and on tags) in one log_batc
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
 
 T = TypeVar("T")
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}``; lists and scalars are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{full}."))
-        else:
-            flat[full] = value
-    return flat
 
 
 def to_param_value(value: Any) -> str:
@@ -44,7 +34,7 @@ def to_param_value(value: Any) -> str:
 def config_params(config: Mapping[str, Any]) -> dict[str, str]:
     """Flattened, stringified, bounded params; over-long keys are cut (they must stay unique)."""
     params: dict[str, str] = {}
-    for key, value in flatten(config).items():
+    for key, value in flatten(config, empty_as_leaf=True).items():
         params[_bounded_key(key)] = to_param_value(value)
     return params
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from vigsp.config import load_config
+from vigsp.config.model_inputs import check_superpixel_method
 from vigsp.train.distributed import cpu_threads_per_rank, init_process_group, read_env
 from vigsp.train.logs import setup_logging
 from vigsp.train.outcome import TrainOutcome
@@ -25,13 +25,14 @@ def run_training(
     handlers are back in place when this returns ``TrainOutcome(status="stopped")``.
     """
     cfg = load_config(config, list(overrides))
+    check_superpixel_method(cfg)  # before any file is written
     env = read_env()
     threads = cpu_threads_per_rank()
     if threads is not None and env.device.type == "cpu":
         import torch
 
         torch.set_num_threads(threads)
-    run_dir = (Path(cfg.run.output_dir) / cfg.run.name).resolve()
+    run_dir = cfg.run.directory
     setup_logging(run_dir, env.rank)
     init_process_group(env)
     from vigsp.train.engine import Trainer

@@ -1,5 +1,6 @@
-"""What rank 0 uploads to MLflow besides metrics: a superpixel overlay at the start; the curves,
-the per-epoch CSV and the final weights at the end. Failures here lose a picture, never the run."""
+"""What rank 0 uploads to MLflow besides metrics: a superpixel overlay at the start (from the
+first validation batch); the curves, the per-epoch CSV and the final weights at the end.
+Failures here lose a picture, never the run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,28 +18,45 @@ from vigsp.train.records import CsvRecord
 log = logging.getLogger(__name__)
 
 OVERLAY_FILE = "superpixels.png"
+OVERLAY_DATA_FILE = "superpixels.npz"
 CURVES_FILE = "curves.png"
 FINAL_WEIGHTS = "final_model.pt"
 
 
+def first_batch_graphs(
+    cfg: TrainConfig, val_loader: Any, count: int = 8
+) -> tuple[list, list[str], list, Any, Any]:
+    """The first ``count`` images of the first validation batch, as the model sees them: uint8
+    images (the normalisation undone), their graphs from the batch's own label maps, file names,
+    and the batch's label maps ``[n, S, S]``."""
+    from vigsp import superpixels
+
+    batch = next(iter(val_loader))
+    n = min(count, len(batch))
+    mean, std = np.asarray(cfg.data.mean), np.asarray(cfg.data.std)
+    pixels = batch.images[:n].float().cpu().numpy().transpose(0, 2, 3, 1) * (255 * std) + 255 * mean
+    images = list(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    label_maps = batch.label_maps[:n].cpu().numpy()
+    graphs = [superpixels.graph_from_labels(im, lab) for im, lab in zip(images, label_maps, strict=True)]
+    names = [Path(val_loader.index.path(int(i))).name for i in batch.index[:n]]
+    return images, names, graphs, label_maps, batch.index[:n].cpu().numpy()
+
+
 def log_superpixel_overlay(tracker: Any, cfg: TrainConfig, val_loader: Any, run_dir: Path) -> None:
-    """What the model sees: 8 validation images with their superpixels, RAG and centroids."""
-    sp = cfg.data.superpixel
-    if sp is None:
+    """What the model sees: the first validation images with their superpixels, RAG and centroids,
+    drawn from the label maps of the first real validation batch. The label maps and image
+    indices go beside the PNG (``superpixels.npz``), so the picture can be checked against data."""
+    if cfg.data.superpixel is None:
         return
     try:
-        from vigsp import superpixels
-        from vigsp.viz import load_rgb, render
+        from vigsp.viz import render
 
-        paths = [val_loader.index.path(i) for i in range(min(8, len(val_loader.index)))]
-        images = [load_rgb(Path(p), cfg.data.image_size) for p in paths]
-        if sp.method == "slic":
-            graphs = [superpixels.slic_graph(im, sp.n_segments, sp.compactness) for im in images]
-        else:
-            graphs = [superpixels.grid_graph(im, sp.n_segments) for im in images]
+        images, names, graphs, label_maps, index = first_batch_graphs(cfg, val_loader)
         out = run_dir / "figures" / OVERLAY_FILE
-        render(images, [Path(p).name for p in paths], graphs, out)
+        render(images, names, graphs, out)
+        np.savez_compressed(out.with_name(OVERLAY_DATA_FILE), label_maps=label_maps, index=index)
         tracker.log_artifact(out, "figures")
+        tracker.log_artifact(out.with_name(OVERLAY_DATA_FILE), "figures")
     except Exception as err:  # a picture is not worth a failed run
         log.warning("no superpixel overlay for MLflow: %s", err)
 

@@ -43,10 +43,21 @@ class DistEnv:
         return self.device.index if self.device.type == "cuda" else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this host now (for a MASTER_PORT nobody else agreed on)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def rank_device(local_rank: int) -> torch.device:
+    """The device of the rank with this local rank: GPU ``local_rank`` among the visible ones
+    (the only one when Slurm binds one per task), or the CPU when there is none or
+    DS_ACCELERATOR=cpu asks for it; then DeepSpeed is told so, or it would look for CUDA."""
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return torch.device("cpu")
 
 
 def read_env() -> DistEnv:
@@ -54,7 +65,7 @@ def read_env() -> DistEnv:
     present = [name for name in _TORCH_VARS if name in os.environ]
     if not present:
         os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
     elif len(present) != len(_TORCH_VARS):
         missing = [name for name in _TORCH_VARS if name not in os.environ]
@@ -69,13 +80,9 @@ def read_env() -> DistEnv:
         raise UserError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {err}") from None
     if not 0 <= rank < world:
         raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
-    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
-        # One GPU per rank; with CUDA_VISIBLE_DEVICES narrowed to one GPU per task it is device 0.
-        device = torch.device("cuda", local % torch.cuda.device_count())
+    device = rank_device(local)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        device = torch.device("cpu")
     return DistEnv(rank, world, local, device)
 
 
@@ -100,9 +107,9 @@ def init_process_group(env: DistEnv) -> None:
     log.debug("process group: %s, rank %d of %d", env.backend, env.rank, env.world_size)
 
 
-def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+def all_reduce_sum(values: list[float] | torch.Tensor, env: DistEnv) -> list[float]:
     """Sums of ``values`` over all ranks (float64, so counts stay exact)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=env.device).clone()
     if env.world_size > 1:
         torch.distributed.all_reduce(tensor)
     return tensor.tolist()

@@ -29,6 +29,11 @@ class ModelEma:
             else:
                 ema_value.copy_(value)
 
+    def float(self) -> ModelEma:
+        """Keep the average in fp32 (under bf16 training too); returns self."""
+        self.module.float()
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 

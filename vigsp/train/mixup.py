@@ -6,19 +6,40 @@ unmixed image, since two superpixel graphs cannot be blended. Targets become sof
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
 
 
 class Mixup:
-    """Per batch: with both alphas > 0, CutMix or Mixup with probability 1/2 each (as timm's default)."""
+    """Per batch: with both alphas > 0, CutMix or Mixup with probability 1/2 each (as timm's default).
 
-    def __init__(self, mixup_alpha: float, cutmix_alpha: float, num_classes: int, label_smoothing: float):
+    It owns the generator its draws come from (``seed``: one per rank), and checkpoints it with
+    ``state_dict()``, so a resumed run mixes the batches an uninterrupted one would have.
+    """
+
+    def __init__(
+        self,
+        mixup_alpha: float,
+        cutmix_alpha: float,
+        num_classes: int,
+        label_smoothing: float,
+        seed: Sequence[int] | int = 0,
+    ):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
 
     @property
     def enabled(self) -> bool:
@@ -29,7 +50,10 @@ class Mixup:
         target = torch.full((len(labels), self.num_classes), off, device=labels.device)
         return target.scatter_(1, labels[:, None], 1.0 - self.label_smoothing + off)
 
-    def __call__(self, images: Tensor, labels: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, images: Tensor, labels: Tensor, rng: np.random.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        rng = rng if rng is not None else self.rng
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < 0.5)
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         lam = float(rng.beta(alpha, alpha))

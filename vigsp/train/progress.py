@@ -26,13 +26,14 @@ class Progress:
             file=sys.stderr,
         )
 
-    def update(self, loss: float, lr: float, data_s_per_step: float) -> None:
+    def update(self, loss: float | None, lr: float, data_s_per_step: float) -> None:
+        """One step done; ``loss``: the latest one read back (the loop reads it at log steps)."""
         if self.bar.disable:
             return
         self._times.append(time.perf_counter())
         rate = (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
         self.bar.set_postfix(
-            loss=f"{loss:.4f}",
+            loss="-" if loss is None else f"{loss:.4f}",
             lr=f"{lr:.2e}",
             img_s=f"{rate * self.images_per_step:,.0f}",
             data=f"{data_s_per_step * 1000:.0f}ms",
