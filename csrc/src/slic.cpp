@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "bits.hpp"
 #include "color.hpp"
@@ -22,6 +24,39 @@ constexpr int kLanes = 16;        // assignment chunk: one AVX-512 vector of flo
 
 }  // namespace
 
+// Everything slic() keeps between calls (Workspace::slic_scratch). Only this file sees the
+// layout, so it can change freely.
+struct SlicScratch {
+  // A cluster's search window, rows y0..y1 and columns x0..x1 (half-open); empty when y1 <= y0.
+  struct Window {
+    int y0, y1, x0, x1;
+  };
+
+  // One call's state.
+  std::vector<float> lab;           // 3 planes of H*W: L, a, b (and a little zeroed slack)
+  std::vector<int32_t> assignment;  // H*W, raw k-means cluster per pixel
+  std::vector<float> centers;       // kCenterStride per cluster: L, a, b, y, x
+  std::vector<double> sums;         // kSumStride per cluster
+  // The sweep tables, rebuilt every iteration (prepare_sweep; see Sweep for their meaning).
+  std::vector<Window> windows;      // per cluster
+  std::vector<float> dx2;           // per cluster, its window's spatial x term
+  std::vector<int32_t> dx2_offset, start_offset, start_list, end_offset, end_list, active_offset, active,
+      active_dx2, active_size, row_best;
+  std::vector<float> center_y, row_dy2;
+  std::vector<uint64_t> column_bits, start_bits, end_bits;
+  // Connectivity enforcement on runs.
+  std::vector<int32_t> run_x, run_parent, row_first_run;
+  std::vector<int64_t> run_size;
+  std::vector<uint8_t> row_same;
+  std::vector<uint64_t> row_end_bits;
+};
+
+// Workspace's special members live here, where SlicScratch is complete (unique_ptr needs it).
+Workspace::Workspace() = default;
+Workspace::Workspace(Workspace&&) noexcept = default;
+Workspace& Workspace::operator=(Workspace&&) noexcept = default;
+Workspace::~Workspace() = default;
+
 void check_slic_params(const SlicParams& p) {
   if (p.n_segments <= 0) throw InvalidArgument("n_segments must be positive, got " + std::to_string(p.n_segments));
   if (!(p.compactness > 0.0f) || !std::isfinite(p.compactness))
@@ -35,7 +70,7 @@ void check_slic_params(const SlicParams& p) {
 
 namespace {
 
-using Window = Workspace::Window;
+using Window = SlicScratch::Window;
 
 // Everything one assignment sweep reads, per iteration. Windows and dx² tables are per cluster.
 // The sweep goes down the rows keeping, per kLanes-wide chunk column, the clusters whose window
@@ -272,11 +307,29 @@ void bucket_by_row(const std::vector<Window>& windows, int height, bool by_end, 
   offset[0] = 0;
 }
 
+// What stays fixed over one slic() call: the grid, the image as Lab planes, the spatial weight.
+struct SlicProblem {
+  GridShape grid;
+  int height = 0, width = 0, num_clusters = 0;
+  float spatial_weight = 0.0f;
+  const float *l = nullptr, *a = nullptr, *b = nullptr;
+};
+
+// What varies between assignment passes: which rows, and what to do with the centre sums.
+struct AssignPass {
+  int row_stride = 1, row_phase = 0;  // rows y >= row_phase with (y - row_phase) % row_stride == 0
+  bool first = false;                 // every pixel is unassigned (-1): add each to its cluster
+  bool track_sums = true;             // false: leave the sums alone (the final full pass after subsampling)
+};
+
 // Builds the sweep's per-iteration tables: each live cluster's window (+-one grid step around
 // its centre, as in Achanta et al.), its dx² table, the clusters starting and ending per row,
 // and room for each chunk column's active clusters (at most the windows that overlap it).
-void prepare_sweep(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
-                   const float* centers, Workspace& ws) {
+void prepare_sweep(const SlicProblem& problem, SlicScratch& ws) {
+  const GridShape grid = problem.grid;
+  const int height = problem.height, width = problem.width, num_clusters = problem.num_clusters;
+  const float spatial_weight = problem.spatial_weight;
+  const float* centers = ws.centers.data();
   const float step_y = static_cast<float>(height) / grid.rows, step_x = static_cast<float>(width) / grid.cols;
   const int chunks = (width + kLanes - 1) / kLanes;
   ws.windows.resize(num_clusters);
@@ -335,41 +388,39 @@ void prepare_sweep(const GridShape& grid, int height, int width, float spatial_w
   }
 }
 
-int64_t assign(const GridShape& grid, int height, int width, float spatial_weight, int num_clusters,
-               const float* centers, const float* l, const float* a, const float* b, int32_t* assignment,
-               double* sums, bool first, int row_stride, int row_phase, Workspace& ws) {
-  prepare_sweep(grid, height, width, spatial_weight, num_clusters, centers, ws);
-  ws.row_best.resize((width + kLanes - 1) / kLanes * kLanes);
-  const Sweep sweep{height,
-                    width,
-                    row_stride,
-                    row_phase,
-                    num_clusters,
-                    spatial_weight,
-                    l,
-                    a,
-                    b,
-                    centers,
-                    ws.windows.data(),
-                    ws.dx2.data(),
-                    ws.dx2_offset.data(),
-                    ws.start_offset.data(),
-                    ws.start_list.data(),
-                    ws.end_offset.data(),
-                    ws.end_list.data(),
-                    ws.active_offset.data(),
-                    ws.active.data(),
-                    ws.active_dx2.data(),
-                    ws.active_size.data(),
-                    ws.column_bits.data(),
-                    ws.start_bits.data(),
-                    ws.end_bits.data(),
-                    ws.center_y.data(),
-                    ws.row_dy2.data(),
-                    ws.row_best.data(),
-                    assignment,
-                    sums,
-                    first};
+int64_t assign(const SlicProblem& problem, const AssignPass& pass, SlicScratch& ws) {
+  prepare_sweep(problem, ws);
+  ws.row_best.resize((problem.width + kLanes - 1) / kLanes * kLanes);
+  const Sweep sweep{.height = problem.height,
+                    .width = problem.width,
+                    .row_stride = pass.row_stride,
+                    .row_phase = pass.row_phase,
+                    .num_clusters = problem.num_clusters,
+                    .spatial_weight = problem.spatial_weight,
+                    .l = problem.l,
+                    .a = problem.a,
+                    .b = problem.b,
+                    .centers = ws.centers.data(),
+                    .windows = ws.windows.data(),
+                    .dx2 = ws.dx2.data(),
+                    .dx2_offset = ws.dx2_offset.data(),
+                    .start_offset = ws.start_offset.data(),
+                    .start_list = ws.start_list.data(),
+                    .end_offset = ws.end_offset.data(),
+                    .end_list = ws.end_list.data(),
+                    .active_offset = ws.active_offset.data(),
+                    .active = ws.active.data(),
+                    .active_dx2 = ws.active_dx2.data(),
+                    .active_size = ws.active_size.data(),
+                    .column_bits = ws.column_bits.data(),
+                    .start_bits = ws.start_bits.data(),
+                    .end_bits = ws.end_bits.data(),
+                    .center_y = ws.center_y.data(),
+                    .row_dy2 = ws.row_dy2.data(),
+                    .row_best = ws.row_best.data(),
+                    .assignment = ws.assignment.data(),
+                    .sums = pass.track_sums ? ws.sums.data() : nullptr,
+                    .first = pass.first};
   return assign_rows(sweep);
 }
 
@@ -402,7 +453,7 @@ VIGSP_HOT void run_end_bits(const int32_t* __restrict row, int width, uint8_t* _
 // Works on runs (maximal same-cluster row segments) with union-find instead of a per-pixel
 // flood fill: runs are numbered in raster order and a union keeps the smaller number as the
 // root, so a component's root is its first run and the component order is the root order.
-int enforce_connectivity(int height, int width, const int32_t* assignment, int64_t min_size, Workspace& ws,
+int enforce_connectivity(int height, int width, const int32_t* assignment, int64_t min_size, SlicScratch& ws,
                          int32_t* labels) {
   std::vector<int32_t>& run_x = ws.run_x;       // start column of each run; the run ends where the next starts
   std::vector<int32_t>& parent = ws.run_parent; // union-find forest over runs
@@ -487,8 +538,10 @@ int enforce_connectivity(int height, int width, const int32_t* assignment, int64
 
 }  // namespace
 
-int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Workspace& ws) {
+int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Workspace& workspace) {
   check_slic_params(params);
+  if (!workspace.slic_scratch) workspace.slic_scratch = std::make_unique<SlicScratch>();
+  SlicScratch& ws = *workspace.slic_scratch;
   const int height = image.height, width = image.width;
   const GridShape grid = grid_shape(height, width, params.n_segments);
   const int64_t n = static_cast<int64_t>(height) * width;
@@ -521,18 +574,25 @@ int slic(const ImageView& image, const SlicParams& params, int32_t* labels, Work
   // assignment == -1 everywhere: the first update adds every pixel.
   std::fill(ws.assignment.begin(), ws.assignment.end(), -1);
   std::fill(ws.sums.begin(), ws.sums.end(), 0.0);
+  const SlicProblem problem{.grid = grid,
+                            .height = height,
+                            .width = width,
+                            .num_clusters = num_clusters,
+                            .spatial_weight = spatial_weight,
+                            .l = l,
+                            .a = a,
+                            .b = b};
   const int stride = std::min(params.subsample_stride, height);
   for (int it = 0; it < params.max_iter; ++it) {
-    const int phase = it % stride;
-    const int64_t changed = assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b,
-                                   ws.assignment.data(), ws.sums.data(), it < stride, stride, phase, ws);
+    // The first `stride` passes each meet their rows' pixels for the first time.
+    const AssignPass pass{.row_stride = stride, .row_phase = it % stride, .first = it < stride};
+    const int64_t changed = assign(problem, pass, ws);
     // No pixel moved: the centres are a fixed point, so further iterations would change nothing.
     if (changed == 0 && stride == 1) break;
     move_centers(num_clusters, ws.sums.data(), ws.centers.data());
   }
   if (stride > 1)  // the subsampled iterations placed the centres; now label every pixel
-    assign(grid, height, width, spatial_weight, num_clusters, ws.centers.data(), l, a, b, ws.assignment.data(),
-           nullptr, false, 1, 0, ws);
+    assign(problem, {.track_sums = false}, ws);
   const auto min_size = static_cast<int64_t>(params.min_size_factor * static_cast<double>(n) / num_clusters);
   return enforce_connectivity(height, width, ws.assignment.data(), min_size, ws, labels);
 }

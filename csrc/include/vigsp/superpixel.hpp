@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -76,31 +77,24 @@ struct SuperpixelGraph {
   int64_t num_rag_edges() const { return static_cast<int64_t>(rag_edges.size() / 2); }
 };
 
+struct SlicScratch;  // slic()'s scratch tables; defined in slic.cpp only
+
 // Scratch memory reused across calls, so that steady-state processing allocates nothing.
-// One per thread; not shareable between concurrent calls.
+// One per thread; not shareable between concurrent calls. Move-only.
 struct Workspace {
-  std::vector<float> lab;          // 3 planes of H*W: L, a, b (and a little zeroed slack)
-  std::vector<int32_t> assignment; // H*W, raw k-means cluster per pixel
-  std::vector<float> centers;      // 5 per cluster: L, a, b, y, x
-  std::vector<double> sums;        // 6 per cluster
-  std::vector<uint64_t> adjacency; // RAG bitset
-  std::vector<int64_t> accum;      // per-node integer sums for the features
-  std::vector<uint64_t> row_colour, row_bits;  // build_graph's per-row scratch (opaque)
-  // SLIC sweep tables, rebuilt every iteration (opaque: layout may change).
-  struct Window {
-    int y0, y1, x0, x1;
-  };
-  std::vector<Window> windows;     // per cluster
-  std::vector<float> dx2;          // per cluster, its window's spatial x term
-  std::vector<int32_t> dx2_offset, start_offset, start_list, end_offset, end_list, active_offset, active,
-      active_dx2, active_size, row_best;
-  std::vector<float> center_y, row_dy2;
-  std::vector<uint64_t> column_bits, start_bits, end_bits;
-  // Connectivity enforcement on runs (opaque).
-  std::vector<int32_t> run_x, run_parent, row_first_run;
-  std::vector<int64_t> run_size;
-  std::vector<uint8_t> row_same;
-  std::vector<uint64_t> row_end_bits;
+  // Declared here, defined in slic.cpp: only there is SlicScratch a complete type.
+  Workspace();
+  Workspace(Workspace&&) noexcept;
+  Workspace& operator=(Workspace&&) noexcept;
+  ~Workspace();
+
+  // build_graph's scratch (opaque).
+  std::vector<uint64_t> adjacency;  // RAG bitset
+  std::vector<int64_t> accum;       // per-node integer sums for the features
+  std::vector<uint64_t> row_colour, row_bits;  // per-row scratch
+  // SLIC's scratch, behind a pointer so that its layout is private to slic.cpp and changing
+  // it recompiles nothing else. Created by the first slic() call.
+  std::unique_ptr<SlicScratch> slic_scratch;
 };
 
 // SLIC superpixels with connectivity enforcement. Writes H*W compact labels 0..n-1, each
