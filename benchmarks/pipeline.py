@@ -140,7 +140,7 @@ def operator_problem() -> str | None:
     try:
         from nvidia.dali import fn, pipeline_def, types
 
-        from vigsp import dali_plugin
+        from vigsp.superpixels import dali as dali_plugin
 
         @pipeline_def(batch_size=1, num_threads=1, device_id=None, enable_checkpointing=True)
         def probe():

@@ -71,7 +71,7 @@ def dali_op_ms(images: list[np.ndarray], repeats: int) -> float:
     """Per-image time of the DALI operator in a 1-thread CPU pipeline, minus the same pipeline without it."""
     from nvidia.dali import fn, pipeline_def
 
-    from vigsp import dali_plugin
+    from vigsp.superpixels import dali as dali_plugin
 
     batch = [images[i % len(images)] for i in range(32)]
 
@@ -148,7 +148,7 @@ def main() -> None:
     from skimage.segmentation import slic as skimage_slic
 
     from vigsp import superpixels as sp
-    from vigsp import superpixels_reference as ref
+    from vigsp.superpixels import graph_reference as ref
 
     images = real_images()
     labels = {id(im): sp.slic_labels(im, SEGMENTS) for im in images}

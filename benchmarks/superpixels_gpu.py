@@ -39,7 +39,7 @@ def batch_of_images() -> np.ndarray:
 def time_gpu(images: np.ndarray, repeats: int, subsample_stride: int) -> float:
     """Median seconds per batch."""
     from vigsp import _native
-    from vigsp import superpixels_gpu as spg
+    from vigsp.superpixels import gpu as spg
 
     device = _native.DeviceBuffer.from_numpy(images)
 
@@ -76,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
 
-    from vigsp import superpixels_gpu as spg
+    from vigsp.superpixels import gpu as spg
 
     if not spg.CUDA_BUILT:
         console.print("vigsp was built without the CUDA backend (no nvcc at build time): nothing to time.")

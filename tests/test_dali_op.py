@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.fixtures.images import library_jpegs
-from vigsp import dali_plugin
 from vigsp import superpixels as sp
+from vigsp.superpixels import dali as dali_plugin
 
 pytestmark = pytest.mark.dali
 

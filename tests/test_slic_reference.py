@@ -1,4 +1,4 @@
-"""The C++ SLIC against the plain NumPy SLIC of vigsp.slic_reference: the same labels, bit for bit.
+"""The C++ SLIC against the plain NumPy SLIC (vigsp.superpixels.slic_reference): equal labels, bit for bit.
 
 The reference is the classic cluster-by-cluster loop with the core's arithmetic; the core adds
 row sweeps, chunked vector passes in another candidate order, incremental sums and run-based
@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.fixtures.images import library_jpegs, load_rgb
 from vigsp import superpixels as sp
-from vigsp.slic_reference import slic_reference
+from vigsp.superpixels.slic_reference import slic_reference
 
 # (crop size, SLIC settings): wide windows (16+ pixels per grid step, the core's reordered
 # passes), narrow ones, subsampled sweeps, other compactness and merge thresholds.

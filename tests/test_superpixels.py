@@ -7,7 +7,7 @@ import pytest
 
 from tests.fixtures.images import library_jpegs, load_rgb
 from vigsp import superpixels as sp
-from vigsp import superpixels_reference as ref
+from vigsp.superpixels import graph_reference as ref
 
 
 def random_compact_labels(rng: np.random.Generator, height: int, width: int, n: int) -> np.ndarray:

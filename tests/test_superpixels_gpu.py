@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures.images import library_jpegs
 from vigsp import _native
 from vigsp import superpixels as sp
-from vigsp import superpixels_gpu as spg
+from vigsp.superpixels import gpu as spg
 
 NO_GPU_REASON = "no CUDA device: vigsp._native.cuda_device_count() == 0" + (
     "" if _native.cuda_built else " (and vigsp was built without the CUDA backend)"
@@ -77,7 +77,7 @@ def test_dali_plugin_loads_with_gpu_variant_and_cpu_op_still_runs() -> None:
     from nvidia.dali import fn, pipeline_def
     from nvidia.dali.ops import _registry
 
-    from vigsp import dali_plugin
+    from vigsp.superpixels import dali as dali_plugin
 
     dali_plugin.load()
     assert "vigsp__SuperpixelGraph" in _registry._cpu_ops
@@ -232,7 +232,7 @@ def test_dali_gpu_operator_equals_cpu_core() -> None:
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
-    from vigsp import dali_plugin
+    from vigsp.superpixels import dali as dali_plugin
 
     images = [*real_images()[:3], random_images(2, 57, 83)[0]]
 

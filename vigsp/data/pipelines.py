@@ -53,7 +53,7 @@ def dali_superpixel_step(config: SuperpixelConfig) -> SuperpixelStep:
     """The real operator, ``fn.vigsp.superpixel_graph``, with the config's settings."""
 
     def step(images: DataNode) -> tuple[DataNode, DataNode, DataNode, DataNode]:
-        from vigsp import dali_plugin
+        from vigsp.superpixels import dali as dali_plugin
 
         return dali_plugin.superpixel_graph(
             images,
