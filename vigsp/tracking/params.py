@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from vigsp.config.overrides import flatten
+from vigsp.config.overrides import flatten as _flatten
 
 # MLflow 3 accepts 6000 characters, but servers before 2.x-late reject more than 500; the full
 # config is also stored as an artifact, so a truncated param loses nothing.
@@ -18,6 +18,11 @@ PARAMS_PER_BATCH = 100  # MLflow's limit on params (and on tags) in one log_batc
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics in one log_batch call
 
 T = TypeVar("T")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for MLflow params: an empty mapping stays a param of its own (``{}``)."""
+    return _flatten(config, prefix, empty_as_leaf=True)
 
 
 def to_param_value(value: Any) -> str:
@@ -34,7 +39,7 @@ def to_param_value(value: Any) -> str:
 def config_params(config: Mapping[str, Any]) -> dict[str, str]:
     """Flattened, stringified, bounded params; over-long keys are cut (they must stay unique)."""
     params: dict[str, str] = {}
-    for key, value in flatten(config, empty_as_leaf=True).items():
+    for key, value in flatten(config).items():
         params[_bounded_key(key)] = to_param_value(value)
     return params
 
