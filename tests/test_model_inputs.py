@@ -69,7 +69,8 @@ def test_a_disagreeing_model_is_refused_naming_both_keys(
     )
 
 
-def test_vigsp_train_refuses_a_disagreeing_model_before_training(tmp_path: Path) -> None:
+def _train_refused(tmp_path: Path, override: str) -> str:
+    """``vigsp train quickstart OVERRIDE`` in a real process: exit 2, a clear message, nothing written."""
     result = subprocess.run(
         [
             sys.executable,
@@ -79,7 +80,7 @@ def test_vigsp_train_refuses_a_disagreeing_model_before_training(tmp_path: Path)
             "quickstart",
             "run.output_dir=runs",
             "run.name=x",
-            "model.overrides.max_nodes=128",
+            override,
         ],
         cwd=tmp_path,
         env={**os.environ, "DS_ACCELERATOR": "cpu"},
@@ -88,30 +89,16 @@ def test_vigsp_train_refuses_a_disagreeing_model_before_training(tmp_path: Path)
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
-    assert "data.max_nodes" in result.stderr and "model.overrides.max_nodes" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+    return result.stderr
+
+
+def test_vigsp_train_refuses_a_disagreeing_model_before_training(tmp_path: Path) -> None:
+    stderr = _train_refused(tmp_path, "model.overrides.max_nodes=128")
+    assert "data.max_nodes" in stderr and "model.overrides.max_nodes" in stderr
 
 
 def test_vigsp_train_refuses_another_superpixel_method(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vigsp.cli",
-            "train",
-            "quickstart",
-            "run.output_dir=runs",
-            "run.name=x",
-            "data.superpixel.method=grid",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "DS_ACCELERATOR": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "data.superpixel.method" in result.stderr and "model.name" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists()
+    stderr = _train_refused(tmp_path, "data.superpixel.method=grid")
+    assert "data.superpixel.method" in stderr and "model.name" in stderr
