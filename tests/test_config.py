@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from vigsp.config import TrainConfig, find_config, list_configs, load_config, resolved_yaml
-from vigsp.config.schema import slurm_time_to_minutes
 from vigsp.errors import UserError
+from vigsp.launch.config import slurm_time_to_minutes
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = list_configs(REPO_CONFIGS)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import yaml
+from pydantic.fields import FieldInfo
 
 from vigsp.config import check_resume_compatible, config_hash, diff_incompatible, load_config, resolved_yaml
 from vigsp.errors import UserError
@@ -121,3 +124,68 @@ def test_resume_check_refuses_with_every_difference_and_a_way_out() -> None:
     assert "  - data.image_size: checkpoint has 28, config has 64" in message
     assert "  - deepspeed.zero_stage: checkpoint has 0, config has 2" in message
     assert "checkpoint.resume=never" in message
+
+
+# The keys the resume check compares, as published in the README; the schema's SHAPES_CHECKPOINT
+# marks derive them, so adding or dropping a mark must show up here as a deliberate change.
+PUBLISHED_INCOMPATIBLE_KEYS = {
+    "model",
+    "data.image_size",
+    "data.classes",
+    "data.class_list",
+    "data.superpixel.method",
+    "data.superpixel.n_segments",
+    "data.max_nodes",
+    "data.max_edges",
+    "optim.name",
+    "deepspeed.zero_stage",
+    "deepspeed.bf16",
+}
+
+
+def _field(key: str) -> FieldInfo:
+    """The FieldInfo a dotted key names, stepping into sections (through ``X | None``)."""
+    from vigsp.config.schema import TrainConfig
+
+    *parents, leaf = key.split(".")
+    section: type = TrainConfig
+    for name in parents:
+        annotation = section.model_fields[name].annotation
+        section = next(t for t in (annotation, *typing.get_args(annotation)) if hasattr(t, "model_fields"))
+    return section.model_fields[leaf]
+
+
+def test_incompatible_keys_come_from_the_schema_marks() -> None:
+    from vigsp.config import INCOMPATIBLE_KEYS
+    from vigsp.config.section import shapes_checkpoint
+
+    assert set(INCOMPATIBLE_KEYS) == PUBLISHED_INCOMPATIBLE_KEYS
+    assert len(INCOMPATIBLE_KEYS) == len(set(INCOMPATIBLE_KEYS))
+    for key in INCOMPATIBLE_KEYS:
+        assert shapes_checkpoint(_field(key)), key
+    # An unmarked field next to marked ones is not collected.
+    assert not shapes_checkpoint(_field("data.superpixel.compactness"))
+
+
+def test_hash_of_a_saved_config_is_what_earlier_versions_computed() -> None:
+    # Checkpoints written before the marks existed stored this hash (computed at d3f1d90, with a
+    # hand-kept key list); the derived keys must reproduce it, or their resumes would be refused.
+    saved = {
+        "run": {"name": "pinned", "epochs": 3},
+        "model": {"name": "vig_sp_tiny", "num_classes": 10, "overrides": {"depth": 4}},
+        "data": {
+            "image_size": 28,
+            "classes": None,
+            "class_list": None,
+            "max_nodes": 98,
+            "max_edges": None,
+            "superpixel": {"method": "slic", "n_segments": 49, "compactness": 10.0},
+        },
+        "optim": {"name": "adamw", "lr": 0.001},
+        "deepspeed": {"zero_stage": 1, "bf16": False},
+    }
+    assert config_hash(saved) == "519aaa82c9bf2f24"
+    saved["data"]["superpixel"]["compactness"] = 20.0  # not checkpoint-shaping
+    assert config_hash(saved) == "519aaa82c9bf2f24"
+    saved["data"]["superpixel"]["n_segments"] = 36
+    assert config_hash(saved) != "519aaa82c9bf2f24"

@@ -14,29 +14,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from vigsp.config.overrides import flatten
 from vigsp.config.schema import TrainConfig
+from vigsp.config.section import Section, shapes_checkpoint
 from vigsp.errors import UserError
 
 __all__ = ["INCOMPATIBLE_KEYS", "check_resume_compatible", "config_hash", "diff_incompatible", "flatten"]
 
-# Dotted keys (or whole sections) that must match between a checkpoint and the config resuming it.
-INCOMPATIBLE_KEYS: tuple[str, ...] = (
-    "model",
-    "data.image_size",
-    "data.classes",
-    "data.class_list",
-    "data.superpixel.method",
-    "data.superpixel.n_segments",
-    "data.max_nodes",
-    "data.max_edges",
-    "optim.name",
-    "deepspeed.zero_stage",
-    "deepspeed.bf16",
-)
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    """The Section class a field holds, seeing through ``X | None``; None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _marked_keys(section: type[Section], prefix: str = "") -> list[str]:
+    """Dotted keys of every field marked SHAPES_CHECKPOINT, walking nested sections."""
+    keys = []
+    for name, field_info in section.model_fields.items():
+        if shapes_checkpoint(field_info):
+            keys.append(prefix + name)
+        elif (nested := _section_type(field_info.annotation)) is not None:
+            keys.extend(_marked_keys(nested, f"{prefix}{name}."))
+    return keys
+
+
+# Dotted keys (or whole sections) that must match between a checkpoint and the config resuming
+# it: derived from the SHAPES_CHECKPOINT marks in the sections, so the schema is the one source.
+INCOMPATIBLE_KEYS: tuple[str, ...] = tuple(_marked_keys(TrainConfig))
 
 ConfigLike = TrainConfig | Mapping[str, Any]
 

@@ -1,7 +1,8 @@
 """What the DALI pipelines need to know: the ``data:`` section of a training config.
 
-Self-contained (pydantic only) so that the global schema can embed it as is. Unknown keys are
-errors, so a typo (``data.augmentation.hflip``) fails at load time instead of being ignored.
+Pydantic only, so that ``vigsp.config.schema`` can assemble it without importing DALI. Unknown keys
+are errors, so a typo (``data.augmentation.hflip``) fails at load time instead of being ignored.
+Fields marked SHAPES_CHECKPOINT set tensor shapes: a resume refuses them changed.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from vigsp.config.section import SHAPES_CHECKPOINT, Section
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -24,16 +27,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class SuperpixelConfig(_Section):
+class SuperpixelConfig(Section):
     method: Literal["slic", "grid"] = Field(
-        "slic", description="slic: SLIC superpixels; grid: a regular grid of square cells (ablation)"
+        "slic",
+        description="slic: SLIC superpixels; grid: a regular grid of square cells (ablation)",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
     n_segments: int = Field(
-        ge=1, description="target number of superpixels per image (SLIC's is approximate)"
+        ge=1,
+        description="target number of superpixels per image (SLIC's is approximate)",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
     compactness: float = Field(10.0, gt=0, description="SLIC colour/space trade-off; higher = more square")
     max_iter: int = Field(10, ge=1, description="SLIC k-means iterations")
@@ -45,7 +48,7 @@ class SuperpixelConfig(_Section):
     )
 
 
-class RandAugmentConfig(_Section):
+class RandAugmentConfig(Section):
     """timm's ``rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}-inc1``, built from DALI's RandAugment ops."""
 
     num_ops: int = Field(2, ge=0, description="operations applied per image; 0 = none")
@@ -55,7 +58,7 @@ class RandAugmentConfig(_Section):
     )
 
 
-class AugmentationConfig(_Section):
+class AugmentationConfig(Section):
     """Training augmentation. The DALI pipeline applies everything up to random erasing, in this order:
     random resized crop, flip, colour jitter, RandAugment, random erasing; mixup/cutmix/repeated
     augmentation act on batches or the sample order and are noted where they apply."""
@@ -104,7 +107,7 @@ class AugmentationConfig(_Section):
         return value
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the images are and how they become batches. Paths may be relative to the working directory."""
 
     train_dir: Path = Field(
@@ -119,17 +122,23 @@ class DataConfig(_Section):
     )
     val_list: Path | None = Field(None, description="like train_list, for val_dir")
     classes: list[str] | None = Field(
-        None, description="class folder names to use, in label order; null = all sub-directories, sorted"
+        None,
+        description="class folder names to use, in label order; null = all sub-directories, sorted",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
     class_list: Path | None = Field(
-        None, description="text file with one class name per line (e.g. ImageNet-100's); like classes"
+        None,
+        description="text file with one class name per line (e.g. ImageNet-100's); like classes",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
     exclude_list: Path | None = Field(
         None,
         description="text file of images to skip, one path per line (absolute or relative to the split "
         "directory), e.g. from `vigsp data check DIR --write-exclude FILE`",
     )
-    image_size: int = Field(ge=8, description="square side in pixels fed to the model")
+    image_size: int = Field(
+        ge=8, description="square side in pixels fed to the model", json_schema_extra=SHAPES_CHECKPOINT
+    )
     eval_crop_fraction: float = Field(
         0.875, gt=0, le=1, description="evaluation: resize the shorter side to image_size / this, centre-crop"
     )
@@ -150,12 +159,14 @@ class DataConfig(_Section):
         ge=1,
         description="nodes per image in a batch (padded); more segments than this is an error. "
         "null = 2 x superpixel.n_segments",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
     max_edges: int | None = Field(
         None,
         ge=1,
         description="region-adjacency edges (i < j) per image in a batch (padded); more is an error. "
         "null = 3 x max_nodes - 6, the most a planar region graph can have",
+        json_schema_extra=SHAPES_CHECKPOINT,
     )
 
     @field_validator("classes")

@@ -7,8 +7,8 @@ Requeue protocol (preemption, time limit):
    a flag, every rank saves a checkpoint at the next step boundary, and ``run_training`` returns
    ``TrainOutcome(status="stopped")`` after putting submitit's handlers back.
 3. Global rank 0 raises the signal again, now for submitit's handler: it counts a timeout or a
-   preemption, calls :meth:`TrainJob.checkpoint`, runs ``scontrol requeue`` and exits. The other
-   ranks exit without a result file, so the requeued run writes the only results.
+   preemption, calls ``TrainJob.checkpoint`` (Checkpointable's), runs ``scontrol requeue`` and
+   exits. The other ranks exit without a result file, so the requeued run writes the only results.
 4. The requeued job runs the same ``TrainJob``; the engine resumes from its checkpoint in the run
    directory and continues the same MLflow run.
 
@@ -88,6 +88,9 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     ``workdir`` is where relative paths in the config (run.output_dir, data paths) were meant from:
     the directory ``vigsp submit`` ran in. ``train`` replaces the engine (a stand-in, say).
+
+    ``checkpoint()`` is Checkpointable's own (this job again, same arguments): the engine's
+    checkpoint in the run directory, saved by all ranks before rank 0 gets there, holds the state.
     """
 
     def __init__(
@@ -119,11 +122,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         if outcome.status == "stopped":
             self._stopped(outcome, dist.rank)
         return outcome
-
-    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
-        """The same job again: the engine's own checkpoint in the run directory holds the state
-        (it was saved by all ranks before rank 0 got here), so nothing is saved here."""
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
     def _stopped(self, outcome: TrainOutcome, rank: int) -> None:
         signum = outcome.stop_signal

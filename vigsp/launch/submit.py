@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vigsp.config.schema import LaunchConfig
 from vigsp.errors import UserError
+from vigsp.launch.config import LaunchConfig
 from vigsp.launch.follow import LogFollower
 from vigsp.launch.slurm_env import JobRequest, format_minutes, read_partitions, validate_request
 from vigsp.launch.sweep import Entry, expand_sweep, is_override, plan_runs

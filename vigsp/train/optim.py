@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vigsp.config.schema import OptimConfig, ScheduleConfig
+from vigsp.train.config import OptimConfig, ScheduleConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
