@@ -8,55 +8,25 @@ steps.csv (loss and lr of every optimizer step, written with every bit) exactly.
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
 from tests.fixtures.mlflow_server import MlflowServer, mlflow_server_fixture  # noqa: F401 (fixture)
-from tests.fixtures.training import RankGroup, SmallData, last_step, read_steps, small_data, wait_for
+from tests.fixtures.tiny_training import (  # noqa: F401 (fixtures)
+    RUN,
+    TOTAL_STEPS,
+    data_fixture,
+    finish,
+    reference_fixture,
+    train,
+)
+from tests.fixtures.training import RankGroup, last_step, read_steps, wait_for
 from vigsp.train.checkpoint import COMPLETE, FAULT_SLEEP_ENV, LATEST
 from vigsp.train.outcome import REQUEUE_EXIT_CODE
 
 pytestmark = [pytest.mark.distributed, pytest.mark.dali, pytest.mark.slow]
-
-# 2 ranks x 8 images = 16 per step; 160 training images -> 10 steps per epoch, 2 epochs = 20 steps.
-RUN = [
-    "run.epochs=2",
-    "run.max_steps=null",
-    "run.log_every=2",
-    "checkpoint.every_n_steps=4",
-    "checkpoint.keep_last=2",
-    "data.batch_size=8",
-    "model.drop_path_rate=0.1",  # stochastic depth: the RNG state must resume too
-    "data.augmentation.color_jitter=0.2",
-]
-TOTAL_STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def data(fashion_mnist, tmp_path_factory) -> SmallData:  # noqa: F811
-    return small_data(fashion_mnist.out, tmp_path_factory.mktemp("lists"), 16, 5)
-
-
-def train(cwd: Path, data: SmallData, *extra: str, env: dict[str, str] | None = None) -> RankGroup:
-    overrides = [*data.overrides(), *RUN, "run.output_dir=runs", "run.name=r", *extra]
-    return RankGroup(cwd, "tiny_test", overrides, world=2, extra_env=env)
-
-
-def finish(group: RankGroup, expect: int = 0) -> None:
-    codes = group.wait()
-    assert codes == [expect, expect], f"exit codes {codes}:\n{group.output(0)}\n---\n{group.output(1)}"
-
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory) -> list[tuple[int, int, str, str]]:
-    cwd = tmp_path_factory.mktemp("reference")
-    finish(train(cwd, data))
-    steps = read_steps(cwd / "runs" / "r")
-    assert [s[0] for s in steps] == list(range(1, TOTAL_STEPS + 1))
-    return steps
 
 
 def test_uninterrupted_run_learns(reference, tmp_path_factory) -> None:

@@ -123,13 +123,19 @@ def test_stop_flag_sets_on_usr2_and_restores_the_previous_handler() -> None:
 
 
 class _FakeEngine:
-    """Writes what DeepSpeed's save_checkpoint would: a file in the tag directory."""
+    """Writes what DeepSpeed's save_checkpoint would, as DeepSpeed does: a file in the tag
+    directory through its checkpoint engine (DeepSpeed's real TorchCheckpointEngine)."""
+
+    def __init__(self) -> None:
+        from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+        self.checkpoint_engine = TorchCheckpointEngine()
 
     def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
         assert save_latest is False  # `latest` is ours, written atomically after COMPLETE
         path = Path(save_dir) / tag
         path.mkdir(parents=True, exist_ok=True)
-        (path / "mp_rank_00_model_states.pt").write_bytes(b"x")
+        self.checkpoint_engine.save({"w": torch.ones(2)}, str(path / "mp_rank_00_model_states.pt"))
 
 
 def test_rotation_keeps_last_k_and_the_best(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ TAG_GIT_DIRTY = "vigsp.git.dirty"
 TAG_RUN_DIR = "vigsp.run_dir"
 TAG_RESUME_COUNT = "vigsp.resume_count"
 TAG_CHANGED_PARAMS = "vigsp.changed_params"  # config keys whose value changed on a resume
+# Set when a resume skipped damaged checkpoints: which, what was wrong, and the tag used instead.
+TAG_CHECKPOINT_FALLBACK = "vigsp.checkpoint_fallback"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_USER = "mlflow.user"
 
@@ -63,6 +65,7 @@ __all__ = [
     "STEP_METRICS",
     "SYSTEM_PREFIX",
     "TAG_CHANGED_PARAMS",
+    "TAG_CHECKPOINT_FALLBACK",
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
     "TAG_MODEL_NAME",

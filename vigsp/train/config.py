@@ -111,6 +111,13 @@ class CheckpointConfig(Section):
     every_n_steps: int = Field(1000, ge=1, description="save a checkpoint every N optimizer steps")
     keep_last: int = Field(3, ge=1, description="keep the K most recent step checkpoints")
     keep_best: bool = Field(True, description="also keep the checkpoint with the best validation top-1")
+    lease_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="a run directory whose training stopped renewing its lease (heartbeat every "
+        "tenth of this) for this long on another host counts as abandoned and is taken over; on the "
+        "same host a dead pid is taken over at once",
+    )
     resume: Literal["auto", "never"] | Path = Field(
         "auto",
         description="auto: continue from the newest checkpoint of this run if any; never: start fresh; "

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -107,6 +108,13 @@ def init_process_group(env: DistEnv) -> None:
     log.debug("process group: %s, rank %d of %d", env.backend, env.rank, env.world_size)
 
 
+def close_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo group torn down by atexit after
+    a peer has gone aborts the process ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float] | torch.Tensor, env: DistEnv) -> list[float]:
     """Sums of ``values`` over all ranks (float64, so counts stay exact)."""
     tensor = torch.as_tensor(values, dtype=torch.float64, device=env.device).clone()
@@ -127,3 +135,21 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 def barrier(env: DistEnv) -> None:
     if env.world_size > 1:
         torch.distributed.barrier()
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    """``obj`` of every rank, in rank order (pickled: for small reports, not tensors)."""
+    if env.world_size == 1:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+    if env.world_size == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]

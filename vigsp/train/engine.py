@@ -29,6 +29,7 @@ from vigsp.tracking import RunEnd, names
 from vigsp.train import artifacts
 from vigsp.train.distributed import DistEnv, all_reduce_sum, any_rank
 from vigsp.train.evaluate import evaluate
+from vigsp.train.lease import RunLease
 from vigsp.train.outcome import TrainOutcome
 from vigsp.train.progress import Progress
 from vigsp.train.setup import build_components
@@ -40,8 +41,11 @@ __all__ = ["Trainer"]
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, env: DistEnv, tracking_uri: str | None = None, lease: RunLease | None = None
+    ) -> None:
         self.cfg = cfg
+        self.lease = lease  # rank 0's hold on the run directory (vigsp/train/lease.py)
         self.env = env
         self.tracking_uri = tracking_uri or cfg.tracking.tracking_uri
         self.accum = cfg.deepspeed.gradient_accumulation_steps
@@ -52,7 +56,7 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------------
 
     def run(self) -> TrainOutcome:
-        c = self.c = build_components(self.cfg, self.env, self.tracking_uri)
+        c = self.c = build_components(self.cfg, self.env, self.tracking_uri, self.lease)
         self.state = c.state
         self.progress = Progress(
             c.total_steps,

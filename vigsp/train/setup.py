@@ -30,6 +30,7 @@ from vigsp.train import artifacts
 from vigsp.train.checkpoint import CheckpointManager
 from vigsp.train.distributed import DistEnv, barrier
 from vigsp.train.ema import ModelEma
+from vigsp.train.lease import RunLease
 from vigsp.train.meters import TrainMeters
 from vigsp.train.mixup import Mixup
 from vigsp.train.optim import build_optimizer, build_scheduler
@@ -91,7 +92,9 @@ def match_buffers_to_weights(module: nn.Module) -> None:
             buffer.data = buffer.data.to(dtype)
 
 
-def _checkpoints(cfg: TrainConfig, env: DistEnv) -> tuple[CheckpointManager, Path | None]:
+def _checkpoints(
+    cfg: TrainConfig, env: DistEnv, lease: RunLease | None
+) -> tuple[CheckpointManager, Path | None]:
     """The run's checkpoint manager, and the tag to resume from, checked against the config
     before anything is built (None: a fresh start)."""
     c = cfg.checkpoint
@@ -102,6 +105,7 @@ def _checkpoints(cfg: TrainConfig, env: DistEnv) -> tuple[CheckpointManager, Pat
         c.keep_best,
         c.every_n_steps,
         meta={"config": cfg.model_dump(mode="json")},
+        lease=lease,
     )
     if env.is_main:
         cfg.run.directory.mkdir(parents=True, exist_ok=True)
@@ -178,9 +182,11 @@ def _training_length(cfg: TrainConfig, loader: TrainLoader) -> tuple[int, int]:
     return total, steps_per_epoch
 
 
-def build_components(cfg: TrainConfig, env: DistEnv, tracking_uri: str | None) -> Components:
+def build_components(
+    cfg: TrainConfig, env: DistEnv, tracking_uri: str | None, lease: RunLease | None = None
+) -> Components:
     run_dir = cfg.run.directory
-    ckpt, resume_dir = _checkpoints(cfg, env)
+    ckpt, resume_dir = _checkpoints(cfg, env, lease)
     inputs = declared_inputs(cfg)
     model = _build_model(cfg, env)
     n_params = count_parameters(model)
@@ -213,7 +219,7 @@ def build_components(cfg: TrainConfig, env: DistEnv, tracking_uri: str | None) -
     _restore(ckpt, resume_dir, state, rng, (steps, epochs))
     if env.is_main:
         (run_dir / CONFIG_FILE).write_text(resolved_yaml(cfg))
-    tracker = _open_tracker(cfg, env, run_dir, tracking_uri, run_link, state, n_params)
+    tracker = _open_tracker(cfg, env, run_dir, tracking_uri, run_link, state, n_params, ckpt.resume_note)
     run_link.tracker = tracker
     _log_start(cfg, env, ckpt, n_params, total_steps, resume_dir, state, tracker)
     if env.is_main and tracker.enabled and resume_dir is None:
@@ -266,6 +272,7 @@ def _open_tracker(
     run_link: MlflowRunLink,
     state: TrainState,
     n_params: int,
+    ckpt_note: str | None,
 ) -> Any:
     from vigsp.tracking import Tracker
 
@@ -287,6 +294,8 @@ def _open_tracker(
             "vigsp.config_hash": config_hash(cfg),
         }
     )
+    if ckpt_note is not None:
+        tracker.set_tags({names.TAG_CHECKPOINT_FALLBACK: ckpt_note})
     return tracker
 
 
