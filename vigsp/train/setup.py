@@ -167,6 +167,12 @@ def _build_engine(
     return engine, scheduler
 
 
+def _build_mixup(cfg: TrainConfig, env: DistEnv) -> Mixup:
+    aug = cfg.data.augmentation
+    seed = [cfg.run.seed, env.rank]  # per rank: each rank mixes its own batches
+    return Mixup(aug.mixup_alpha, aug.cutmix_alpha, cfg.model.num_classes, cfg.optim.label_smoothing, seed)
+
+
 def _training_length(cfg: TrainConfig, loader: TrainLoader) -> tuple[int, int]:
     """(total optimizer steps, optimizer steps per epoch)."""
     accum = cfg.deepspeed.gradient_accumulation_steps
@@ -202,14 +208,7 @@ def build_components(
     engine, scheduler = _build_engine(cfg, env, model, total_steps, steps_per_epoch)
     # The EMA copy is kept in fp32 whatever the training precision.
     ema = ModelEma(engine.module, cfg.optim.ema_decay).float() if cfg.optim.ema_decay else None
-    aug = cfg.data.augmentation
-    mixup = Mixup(
-        aug.mixup_alpha,
-        aug.cutmix_alpha,
-        cfg.model.num_classes,
-        cfg.optim.label_smoothing,
-        [cfg.run.seed, env.rank],
-    )
+    mixup = _build_mixup(cfg, env)
     state, clock, rng, run_link = TrainState(), WallClock(), RngState(cfg.run.seed, env.rank), MlflowRunLink()
     ckpt.register_engine(engine)
     ckpt.register_all({"tracker": run_link, "train": state, "clock": clock, "ema": ema})
