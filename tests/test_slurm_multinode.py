@@ -1,0 +1,127 @@
+"""A real 2-node Slurm cluster on this machine (slurm/dev-cluster/start.sh --nodes 2): two hosts with
+their own hostnames, addresses and slurmd, one CPU each; jobs span both, and the training job
+must not notice whether its 2 ranks share a node or not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import submitit
+
+from tests.fixtures import slurm as slurm_fixtures
+from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
+from tests.fixtures.tiny_training import RUN, data_fixture, reference_fixture  # noqa: F401 (fixtures)
+from tests.fixtures.training import SmallData, read_steps
+from vigsp.train.outcome import TrainOutcome
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TwoNodes:
+    directory: Path
+    env: dict[str, str]  # SLURM_CONF and the ports: for every command aimed at this cluster
+    nodes: tuple[str, str]
+
+    def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[TwoNodes]:
+    slurm_fixtures.ensure_installed()
+    directory = slurm_fixtures.fresh_directory()
+    ports = slurm_fixtures.free_ports()
+    prefix = f"t{ports['VIGSP_SLURM_PORT']}n"  # never the name of a developer's own dev-cluster node
+    env = {**ports, "VIGSP_SLURM_NODES": "2", "VIGSP_SLURM_NODE_PREFIX": prefix}
+    try:
+        slurm_fixtures.run_script("start.sh", directory, env)
+        conf = {"SLURM_CONF": str(directory / "etc" / "slurm.conf")}
+        yield TwoNodes(directory, {**env, **conf}, (f"{prefix}1", f"{prefix}2"))
+    finally:
+        slurm_fixtures.run_script("stop.sh", directory, env)
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        hosts = Path("/etc/hosts").read_text()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert f"vigsp{ports['VIGSP_SLURM_PORT']}-" not in left, f"stop.sh left namespaces: {left}"
+        assert prefix not in hosts, "stop.sh left /etc/hosts lines"
+
+
+def test_each_node_is_a_host_of_its_own_and_names_resolve_everywhere(two_nodes: TwoNodes) -> None:
+    a, b = two_nodes.nodes
+    probe = f"import socket as s; print(s.gethostname(), s.gethostbyname({a!r}), s.gethostbyname({b!r}))"
+    done = two_nodes.run("srun", "-N2", "-n2", "--time=2", sys.executable, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    lines = sorted(done.stdout.split("\n")[:2])
+    names = [line.split()[0] for line in lines]
+    assert names == [a, b]
+    addresses = {tuple(line.split()[1:]) for line in lines}
+    assert len(addresses) == 1 and len(set(next(iter(addresses)))) == 2  # same answer on both, 2 addresses
+
+
+def test_more_nodes_than_the_cluster_has_is_refused_before_queueing(
+    two_nodes: TwoNodes, tmp_path: Path
+) -> None:
+    done = two_nodes.run(
+        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"),
+        "--nodes=3", "--tasks-per-node=1", "--cpus-per-task=1", "--time=5", f"--folder={tmp_path / '%j'}",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "3 nodes requested" in done.stderr and "Traceback" not in done.stderr
+    assert two_nodes.run("squeue", "--noheader").stdout.strip() == ""
+
+
+def _wait(job: submitit.Job[TrainOutcome], timeout_s: float) -> list[TrainOutcome]:
+    deadline = time.monotonic() + timeout_s
+    while not job.done(force_check=True):
+        if time.monotonic() > deadline:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} not done after {timeout_s} s ({job.state})")
+        time.sleep(1)
+    return job.results()
+
+
+def test_two_nodes_x_one_task_trains_bit_identically_to_one_node_x_two_tasks(
+    two_nodes: TwoNodes, data: SmallData, reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = two_nodes.directory / "topology"
+    tracking = f"sqlite:///{ws / 'mlflow.db'}"
+    overrides = [*data.overrides(), *RUN, f"run.output_dir={ws / 'runs'}", "run.name=r"]
+    done = two_nodes.run(
+        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"), *overrides,
+        "--nodes=2", "--tasks-per-node=1", "--cpus-per-task=1", "--time=20",
+        f"--tracking-uri={tracking}", f"--folder={ws / 'submitit' / '%j'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 node(s) x 1 rank(s)" in done.stdout
+    job_id = next(line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("job "))
+    for key, value in two_nodes.env.items():
+        monkeypatch.setenv(key, value)  # submitit's sacct/squeue calls go to this cluster
+    job = submitit.SlurmJob(folder=ws / "submitit" / "%j", job_id=job_id, tasks=(0, 1))
+    results = _wait(job, 300)
+    assert [r.status for r in results] == ["finished", "finished"]
+
+    run_dir = ws / "runs" / "r"
+    assert read_steps(run_dir) == reference  # bit for bit, and every step once
+    logs = [(job._sub_jobs[rank].stdout() or "") for rank in (0, 1)]
+    for rank, node in enumerate(two_nodes.nodes):
+        assert f"rank {rank}/2" in logs[rank] and node in logs[rank], logs[rank][-2000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000020"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
