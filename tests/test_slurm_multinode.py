@@ -20,12 +20,13 @@ import submitit
 from tests.fixtures import slurm as slurm_fixtures
 from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
 from tests.fixtures.tiny_training import RUN, data_fixture, reference_fixture  # noqa: F401 (fixtures)
-from tests.fixtures.training import SmallData, read_steps
+from tests.fixtures.training import SmallData, last_step, read_steps
 from vigsp.train.outcome import TrainOutcome
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
+DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
 
 
 @dataclass
@@ -125,3 +126,73 @@ def test_two_nodes_x_one_task_trains_bit_identically_to_one_node_x_two_tasks(
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def _job_field(two_nodes: TwoNodes, job_id: str, name: str) -> str:
+    out = two_nodes.run("scontrol", "--oneliner", "show", "job", job_id).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f).get(name, "")
+
+
+def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
+    two_nodes: TwoNodes, data: SmallData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = two_nodes.directory / "node-failure"
+    tracking = f"sqlite:///{ws / 'mlflow.db'}"
+    epochs, steps_per_epoch = 6, 10  # 160 images / (2 ranks x batch 8)
+    overrides = [*data.overrides(), *RUN, f"run.epochs={epochs}", "checkpoint.every_n_steps=10"]
+    overrides += [f"run.output_dir={ws / 'runs'}", "run.name=r"]
+    done = two_nodes.run(
+        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"), *overrides,
+        "--nodes=2", "--tasks-per-node=1", "--cpus-per-task=1", "--time=20",
+        f"--tracking-uri={tracking}", f"--folder={ws / 'submitit' / '%j'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = next(line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("job "))
+    for key, value in two_nodes.env.items():
+        monkeypatch.setenv(key, value)
+    job = submitit.SlurmJob(folder=ws / "submitit" / "%j", job_id=job_id, tasks=(0, 1))
+    run_dir = ws / "runs" / "r"
+
+    deadline = time.monotonic() + 240
+    while last_step(run_dir) < 25:  # past the step-20 checkpoint, well before the end (60)
+        assert time.monotonic() < deadline and not job.done(force_check=True), job_log(job)
+        time.sleep(0.3)
+    killed = time.monotonic()
+    step_at_kill = last_step(run_dir)
+    done = two_nodes.run(
+        str(REPO / "slurm" / "dev-cluster" / "kill-node.sh"), two_nodes.nodes[1], str(two_nodes.directory)
+    )
+    assert done.returncode == 0, done.stderr
+    while _job_field(two_nodes, job_id, "Restarts") in ("", "0"):
+        assert time.monotonic() - killed < 120, f"not requeued 120 s after the node died:\n{job_log(job)}"
+        time.sleep(0.5)
+    requeued = time.monotonic()
+    started = two_nodes.run(
+        str(REPO / "slurm" / "dev-cluster" / "start.sh"), str(two_nodes.directory), timeout=120
+    )
+    assert started.returncode == 0, started.stderr
+    back = time.monotonic()
+    results = _wait(job, 300)
+    finished = time.monotonic()
+    print(
+        f"node failure at step {step_at_kill}: requeued {requeued - killed:.0f} s after the kill, node back "
+        f"{back - requeued:.0f} s later, run finished {finished - back:.0f} s after that"
+    )
+    assert [r.status for r in results] == ["finished", "finished"]
+    assert [r.global_step for r in results] == [epochs * steps_per_epoch] * 2
+    steps = [s[0] for s in read_steps(run_dir)]
+    assert steps == list(range(1, epochs * steps_per_epoch + 1))  # every step once, none lost
+    # Rank 0 saw its peer vanish, asked Slurm, and requeued at once (not after the node went DOWN).
+    log = job_log(job)
+    assert f"node(s) {two_nodes.nodes[1]} of job {job_id} failed" in log and "Requeueing the job" in log, log
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+    assert run.info.status == "FINISHED"
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(logged) == len(set(logged)) and max(logged) == epochs * steps_per_epoch
+
+
+def job_log(job: submitit.Job[TrainOutcome]) -> str:
+    return "\n".join(f"{j.stdout() or ''}\n{j.stderr() or ''}" for j in (job._sub_jobs or [job]))

@@ -56,6 +56,13 @@ class LaunchConfig(Section):
     cpus_per_task: int | None = Field(None, ge=1)
     signal_delay_s: int = Field(120, ge=0, description="USR2 this many seconds before the time limit")
     max_num_timeout: int = Field(20, ge=0, description="how many times a timed-out job is requeued")
+    node_failure_wait_s: float = Field(
+        90,
+        ge=0,
+        description="when a rank's peers vanish, how long to wait for Slurm to see one of the job's "
+        "nodes not responding; if it does, the job is requeued and resumes from its checkpoint "
+        "(vigsp/launch/node_failure.py); 0 = never, the error ends the job",
+    )
     extra_sbatch: dict[str, str | int | bool] = Field(
         default_factory=dict, description="more sbatch options, e.g. {reservation: foo, exclusive: true}"
     )

@@ -12,6 +12,10 @@ Requeue protocol (preemption, time limit):
 4. The requeued job runs the same ``TrainJob``; the engine resumes from its checkpoint in the run
    directory and continues the same MLflow run.
 
+Node failure: the ranks on the surviving nodes fail in their next collective; ``TrainJob`` asks
+Slurm whether a node of the job stopped responding and, if one did, requeues the job
+(vigsp/launch/node_failure.py), which then resumes the same way.
+
 The save cannot happen in ``checkpoint()``: submitit calls it on rank 0 only, while DeepSpeed must
 save on all ranks together.
 """
@@ -29,6 +33,7 @@ from typing import Protocol
 import submitit
 from submitit.core.job_environment import JobEnvironment
 
+from vigsp.launch.node_failure import requeue_after_node_failure
 from vigsp.train.outcome import TrainOutcome
 
 __all__ = ["DistributedSetup", "TrainFunction", "TrainJob", "setup_distributed"]
@@ -101,8 +106,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         tracking_uri: str | None = None,
         workdir: str | None = None,
         train: TrainFunction | None = None,
+        node_failure_wait_s: float = 90,
     ) -> None:
         self.config = config
+        self.node_failure_wait_s = node_failure_wait_s
         self.overrides = list(overrides)
         self.tracking_uri = tracking_uri
         self.workdir = workdir or os.getcwd()
@@ -118,7 +125,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             flush=True,
         )
         train = self.train or _engine()
-        outcome = train(self.config, self.overrides, tracking_uri=self.tracking_uri)
+        try:
+            outcome = train(self.config, self.overrides, tracking_uri=self.tracking_uri)
+        except RuntimeError as err:  # torch.distributed's errors, a vanished peer's among them
+            wait_s = self.node_failure_wait_s if dist.world_size > 1 else 0
+            if wait_s > 0 and requeue_after_node_failure(err, wait_s):
+                sys.exit(0)  # no result file: the requeued run writes the only results
+            raise
         if outcome.status == "stopped":
             self._stopped(outcome, dist.rank)
         return outcome

@@ -275,7 +275,14 @@ def submit(
     planned = []
     for entry in entries:
         uri = _tracking_uri(tracking_uri, entry)
-        job = TrainJob(str(entry.config), entry.overrides, tracking_uri=uri, workdir=workdir, train=train)
+        job = TrainJob(
+            str(entry.config),
+            entry.overrides,
+            tracking_uri=uri,
+            workdir=workdir,
+            train=train,
+            node_failure_wait_s=entry.cfg.launch.node_failure_wait_s,
+        )
         planned.append((entry, uri, job))
     try:
         if array:
