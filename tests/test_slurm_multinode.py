@@ -138,7 +138,8 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
 ) -> None:
     ws = two_nodes.directory / "node-failure"
     tracking = f"sqlite:///{ws / 'mlflow.db'}"
-    epochs, steps_per_epoch = 6, 10  # 160 images / (2 ranks x batch 8)
+    # Long enough that the kill lands mid-run on an idle machine (~10 steps/s warm): 300 steps.
+    epochs, steps_per_epoch = 30, 10  # 160 images / (2 ranks x batch 8)
     overrides = [*data.overrides(), *RUN, f"run.epochs={epochs}", "checkpoint.every_n_steps=10"]
     overrides += [f"run.output_dir={ws / 'runs'}", "run.name=r"]
     done = two_nodes.run(
@@ -154,7 +155,7 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
     run_dir = ws / "runs" / "r"
 
     deadline = time.monotonic() + 240
-    while last_step(run_dir) < 25:  # past the step-20 checkpoint, well before the end (60)
+    while last_step(run_dir) < 25:  # past the step-20 checkpoint, well before the end (300)
         assert time.monotonic() < deadline and not job.done(force_check=True), job_log(job)
         time.sleep(0.3)
     killed = time.monotonic()
@@ -172,7 +173,7 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
     )
     assert started.returncode == 0, started.stderr
     back = time.monotonic()
-    results = _wait(job, 300)
+    results = _wait(job, 600)
     finished = time.monotonic()
     print(
         f"node failure at step {step_at_kill}: requeued {requeued - killed:.0f} s after the kill, node back "
