@@ -47,14 +47,13 @@ from vigsp.train.distributed import DistEnv, all_gather_object, barrier, broadca
 from vigsp.train.durable import write_atomic
 from vigsp.train.lease import LeaseLost, RunLease
 from vigsp.train.manifest import COMPLETE, FileEntry, Manifest, read_manifest
-from vigsp.train.resume import choose_resume, complete_tags, is_tag
+from vigsp.train.resume import LATEST, choose_resume, complete_tags, is_tag, read_latest
 from vigsp.train.tag_writer import TagWriter, WriteFailure
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BEST", "COMPLETE", "LATEST", "CheckpointManager", "CheckpointWriteError", "tag_for"]
 
-LATEST = "latest"
 BEST = "best.json"
 META_FILE = "vigsp_state.pt"
 # What the run-wide client_state looks like; a tag of another version is refused by name.
@@ -187,7 +186,7 @@ class CheckpointManager:
         and the resume check moves it aside instead."""
         if not self.env.is_main or not self.dir.is_dir():
             return
-        latest = (self.dir / LATEST).read_text().strip() if (self.dir / LATEST).is_file() else None
+        latest = read_latest(self.dir)
         for path in self.dir.iterdir():
             if path.name == latest or not (path.is_dir() and is_tag(path.name)):
                 continue
@@ -272,7 +271,7 @@ class CheckpointManager:
         raise CheckpointWriteError(message)
 
     def _failure_message(self, tag_dir: Path, failure: WriteFailure) -> str:
-        latest = (self.dir / LATEST).read_text().strip() if (self.dir / LATEST).is_file() else None
+        latest = read_latest(self.dir)
         previous = (
             read_manifest(self.dir / latest) if latest and (self.dir / latest / COMPLETE).is_file() else None
         )

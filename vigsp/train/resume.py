@@ -23,9 +23,10 @@ from vigsp.train.manifest import COMPLETE, verify
 
 log = logging.getLogger("vigsp.train")
 
-__all__ = ["DAMAGED_DIR", "ResumeChoice", "choose_resume", "complete_tags", "is_tag"]
+__all__ = ["DAMAGED_DIR", "LATEST", "ResumeChoice", "choose_resume", "complete_tags", "is_tag", "read_latest"]
 
 DAMAGED_DIR = "damaged"
+LATEST = "latest"  # the file naming the newest complete tag
 _TAG = re.compile(r"step_\d{8}")
 
 
@@ -61,6 +62,12 @@ def _move_aside(ckpt_dir: Path, tag: str) -> Path:
     return target
 
 
+def read_latest(ckpt_dir: Path) -> str | None:
+    """What ``latest`` names (None when there is no ``latest`` yet)."""
+    path = ckpt_dir / LATEST
+    return path.read_text().strip() if path.is_file() else None
+
+
 def complete_tags(ckpt_dir: Path) -> list[str]:
     """Tags whose save finished (COMPLETE present), oldest first; not yet verified."""
     if not ckpt_dir.is_dir():
@@ -79,7 +86,7 @@ def _choose_latest(ckpt_dir: Path, latest: str, best_file: Path) -> ResumeChoice
         if not is_tag(tag):
             choice.damaged[tag] = [f"`latest` holds {tag!r}, not the name of a checkpoint tag"]
             log.warning(
-                "CHECKPOINT DAMAGED: %s holds %r; trying the newest complete tag", ckpt_dir / "latest", tag
+                "CHECKPOINT DAMAGED: %s holds %r; trying the newest complete tag", ckpt_dir / LATEST, tag
             )
             continue
         problems = verify(ckpt_dir / tag)
@@ -106,7 +113,7 @@ def _choose_latest(ckpt_dir: Path, latest: str, best_file: Path) -> ResumeChoice
             "with checkpoint.resume=PATH/TO/TAG"
         )
     if choice.damaged:
-        write_atomic(ckpt_dir / "latest", choice.tag_dir.name + "\n")
+        write_atomic(ckpt_dir / LATEST, choice.tag_dir.name + "\n")
         if best_file.is_file() and any(tag in best_file.read_text() for tag in choice.damaged):
             best_file.unlink()  # it named a tag that is no longer there; the next better epoch rewrites it
     return choice
@@ -123,10 +130,8 @@ def choose_resume(ckpt_dir: Path, setting: str | Path, best_file: Path) -> Resum
             )
         return ResumeChoice(None)
     if setting == "auto":
-        latest = ckpt_dir / "latest"
-        if not latest.is_file():
-            return ResumeChoice(None)
-        return _choose_latest(ckpt_dir, latest.read_text().strip(), best_file)
+        latest = read_latest(ckpt_dir)
+        return ResumeChoice(None) if latest is None else _choose_latest(ckpt_dir, latest, best_file)
     path = Path(setting).resolve()
     if not path.is_dir():
         raise UserError(f"checkpoint.resume={setting}: no such checkpoint directory")
