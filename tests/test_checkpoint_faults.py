@@ -37,6 +37,12 @@ def latest(ckpts: Path) -> str:
     return (ckpts / LATEST).read_text().strip()
 
 
+def tracked(server: MlflowServer, name: str, tmp_path: Path) -> tuple[list[str], dict[str, str], str]:
+    """Overrides and environment that log a run to ``server`` in its own experiment, and its name."""
+    experiment = f"{name}-{tmp_path.name}"
+    return [f"tracking.experiment_name={experiment}"], {"MLFLOW_TRACKING_URI": server.uri}, experiment
+
+
 def mlflow_run(uri: str, experiment: str):
     from mlflow import MlflowClient
 
@@ -51,11 +57,10 @@ def test_a_damaged_latest_is_set_aside_and_the_previous_tag_resumes_bit_exact(
     data, reference, mlflow_server, tmp_path
 ) -> None:
     server: MlflowServer = mlflow_server
-    tracked = [f"tracking.experiment_name=damaged-{tmp_path.name}"]
-    env = {"MLFLOW_TRACKING_URI": server.uri}
+    tracking, env, experiment = tracked(server, "damaged", tmp_path)
     run_dir = tmp_path / "runs" / "r"
     ckpts = run_dir / "checkpoints"
-    group = train(tmp_path, data, *tracked, env=env)
+    group = train(tmp_path, data, *tracking, env=env)
     wait_for(lambda: last_step(run_dir) >= 9, 240, "step 9", group)
     group.kill()
     damaged = latest(ckpts)
@@ -70,7 +75,7 @@ def test_a_damaged_latest_is_set_aside_and_the_previous_tag_resumes_bit_exact(
     blob[len(blob) // 2] ^= 0x01
     rank1.write_bytes(bytes(blob))
 
-    resumed = train(tmp_path, data, *tracked, env=env)
+    resumed = train(tmp_path, data, *tracking, env=env)
     finish(resumed)
     out = full_log(resumed)
     assert "CHECKPOINT DAMAGED" in out and "mp_rank_00_model_states.pt" in out and "rank_00001.pt" in out
@@ -78,7 +83,7 @@ def test_a_damaged_latest_is_set_aside_and_the_previous_tag_resumes_bit_exact(
     assert read_steps(run_dir) == reference  # from the previous tag on, the same losses bit for bit
     aside = ckpts / DAMAGED_DIR / damaged
     assert (aside / "mp_rank_00_model_states.pt").is_file() and (aside / "rank_00001.pt").is_file()
-    run = mlflow_run(server.uri, tracked[0].split("=")[1])
+    run = mlflow_run(server.uri, experiment)
     note = run.data.tags[names.TAG_CHECKPOINT_FALLBACK]
     assert damaged in note and previous in note and "rank_00001.pt" in note
     assert run.info.status == "FINISHED"
@@ -113,9 +118,8 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_latest_still_loads(
     data, mlflow_server, small_disk, tmp_path
 ) -> None:
     server: MlflowServer = mlflow_server
-    tracked = [f"tracking.experiment_name=full-{tmp_path.name}"]
-    env = {"MLFLOW_TRACKING_URI": server.uri}
-    on_small = [f"run.output_dir={small_disk / 'runs'}", "run.max_steps=10", *tracked]
+    tracking, env, experiment = tracked(server, "full", tmp_path)
+    on_small = [f"run.output_dir={small_disk / 'runs'}", "run.max_steps=10", *tracking]
     group = train(tmp_path, data, *on_small, env=env)
     assert group.wait() == [2, 2], full_log(group)
     out = full_log(group)
@@ -127,12 +131,12 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_latest_still_loads(
     assert "Traceback" not in out and "Traceback" not in full_log(group, 1)
     assert latest(ckpts) == tag_for(4) and verify(ckpts / tag_for(4)) == []
     assert not (ckpts / tag_for(8)).exists()
-    assert mlflow_run(server.uri, tracked[0].split("=")[1]).info.status == "FAILED"
+    assert mlflow_run(server.uri, experiment).info.status == "FAILED"
 
     # The same run on a larger disk continues from the intact checkpoint.
     big = tmp_path / "big"
     shutil.copytree(small_disk / "runs", big)
-    resumed = train(tmp_path, data, f"run.output_dir={big}", "run.max_steps=10", *tracked, env=env)
+    resumed = train(tmp_path, data, f"run.output_dir={big}", "run.max_steps=10", *tracking, env=env)
     finish(resumed)
     assert f"resumed from {big / 'r' / 'checkpoints' / tag_for(4)}" in full_log(resumed)
     assert last_step(big / "r") == 10
@@ -143,16 +147,15 @@ def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_one_taken_
     data, reference, mlflow_server, tmp_path
 ) -> None:
     server: MlflowServer = mlflow_server
-    tracked = [f"tracking.experiment_name=lease-{tmp_path.name}"]
-    env = {"MLFLOW_TRACKING_URI": server.uri}
+    tracking, env, experiment = tracked(server, "lease", tmp_path)
     run_dir = tmp_path / "runs" / "r"
     # The first pauses for 60 s once its step-4 checkpoint is published (a warm run would finish
     # all 20 steps in the time the second needs to start); the second comes and goes meanwhile.
     pause = {FAULT_SLEEP_ENV: "60", FAULT_PHASE_ENV: "latest"}
-    first = train(tmp_path, data, *tracked, env={**env, **pause})
+    first = train(tmp_path, data, *tracking, env={**env, **pause})
     marker = f"at the latest phase of {tag_for(4)}"
     wait_for(lambda: marker in full_log(first), 240, marker, first)
-    second = train(tmp_path, data, *tracked, env=env)
+    second = train(tmp_path, data, *tracking, env=env)
     assert second.wait() == [2, 2], full_log(second)
     refused = full_log(second)
     assert f"is in use by another training: pid {first.procs[0].pid} on " in refused
@@ -160,7 +163,7 @@ def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_one_taken_
     assert all(p.poll() is None for p in first.procs)  # the first one is still there, undisturbed
 
     first.kill()
-    third = train(tmp_path, data, *tracked, env=env)
+    third = train(tmp_path, data, *tracking, env=env)
     finish(third)
     out = full_log(third)
     assert (
@@ -169,6 +172,6 @@ def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_one_taken_
     assert read_steps(run_dir) == reference  # no step from the refused one, none lost by the kill
     starts = (run_dir / "train.log").read_text().count("(checkpoints in ")
     assert starts == 2, f"train.log shows {starts} starts: only the first and third may have written"
-    run = mlflow_run(server.uri, tracked[0].split("=")[1])
+    run = mlflow_run(server.uri, experiment)
     assert run.info.status == "FINISHED"
     assert not (run_dir / "LEASE").exists()  # released at the end

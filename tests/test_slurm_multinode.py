@@ -95,23 +95,43 @@ def _wait(job: submitit.Job[TrainOutcome], timeout_s: float) -> list[TrainOutcom
     return job.results()
 
 
+def submit_on_two_nodes(
+    two_nodes: TwoNodes, ws: Path, overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[subprocess.CompletedProcess[str], submitit.SlurmJob[TrainOutcome]]:
+    """``vigsp submit`` of the tiny config as 2 nodes x 1 task, tracked in ``ws/mlflow.db``; submitit's
+    own sacct/squeue calls are pointed at this cluster."""
+    done = two_nodes.run(
+        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"), *overrides,
+        f"run.output_dir={ws / 'runs'}", "run.name=r",
+        "--nodes=2", "--tasks-per-node=1", "--cpus-per-task=1", "--time=20",
+        f"--tracking-uri={tracking_uri(ws)}", f"--folder={ws / 'submitit' / '%j'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = next(line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("job "))
+    for key, value in two_nodes.env.items():
+        monkeypatch.setenv(key, value)
+    return done, submitit.SlurmJob(folder=ws / "submitit" / "%j", job_id=job_id, tasks=(0, 1))
+
+
+def tracking_uri(ws: Path) -> str:
+    return f"sqlite:///{ws / 'mlflow.db'}"
+
+
+def one_mlflow_run(ws: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(ws))
+    runs = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return client, runs[0]
+
+
 def test_two_nodes_x_one_task_trains_bit_identically_to_one_node_x_two_tasks(
     two_nodes: TwoNodes, data: SmallData, reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = two_nodes.directory / "topology"
-    tracking = f"sqlite:///{ws / 'mlflow.db'}"
-    overrides = [*data.overrides(), *RUN, f"run.output_dir={ws / 'runs'}", "run.name=r"]
-    done = two_nodes.run(
-        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"), *overrides,
-        "--nodes=2", "--tasks-per-node=1", "--cpus-per-task=1", "--time=20",
-        f"--tracking-uri={tracking}", f"--folder={ws / 'submitit' / '%j'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    done, job = submit_on_two_nodes(two_nodes, ws, [*data.overrides(), *RUN], monkeypatch)
     assert "2 node(s) x 1 rank(s)" in done.stdout
-    job_id = next(line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("job "))
-    for key, value in two_nodes.env.items():
-        monkeypatch.setenv(key, value)  # submitit's sacct/squeue calls go to this cluster
-    job = submitit.SlurmJob(folder=ws / "submitit" / "%j", job_id=job_id, tasks=(0, 1))
     results = _wait(job, 300)
     assert [r.status for r in results] == ["finished", "finished"]
 
@@ -121,11 +141,8 @@ def test_two_nodes_x_one_task_trains_bit_identically_to_one_node_x_two_tasks(
     for rank, node in enumerate(two_nodes.nodes):
         assert f"rank {rank}/2" in logs[rank] and node in logs[rank], logs[rank][-2000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000020"
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking)
-    runs = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _, run = one_mlflow_run(ws)
+    assert run.info.status == "FINISHED"
 
 
 def _job_field(two_nodes: TwoNodes, job_id: str, name: str) -> str:
@@ -137,21 +154,11 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
     two_nodes: TwoNodes, data: SmallData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = two_nodes.directory / "node-failure"
-    tracking = f"sqlite:///{ws / 'mlflow.db'}"
     # Long enough that the kill lands mid-run on an idle machine (~10 steps/s warm): 300 steps.
     epochs, steps_per_epoch = 30, 10  # 160 images / (2 ranks x batch 8)
     overrides = [*data.overrides(), *RUN, f"run.epochs={epochs}", "checkpoint.every_n_steps=10"]
-    overrides += [f"run.output_dir={ws / 'runs'}", "run.name=r"]
-    done = two_nodes.run(
-        sys.executable, "-m", "vigsp.cli", "submit", str(REPO / "configs" / "tiny_test.yaml"), *overrides,
-        "--nodes=2", "--tasks-per-node=1", "--cpus-per-task=1", "--time=20",
-        f"--tracking-uri={tracking}", f"--folder={ws / 'submitit' / '%j'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    job_id = next(line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("job "))
-    for key, value in two_nodes.env.items():
-        monkeypatch.setenv(key, value)
-    job = submitit.SlurmJob(folder=ws / "submitit" / "%j", job_id=job_id, tasks=(0, 1))
+    _, job = submit_on_two_nodes(two_nodes, ws, overrides, monkeypatch)
+    job_id = job.job_id
     run_dir = ws / "runs" / "r"
 
     deadline = time.monotonic() + 240
@@ -186,10 +193,7 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
     # Rank 0 saw its peer vanish, asked Slurm, and requeued at once (not after the node went DOWN).
     log = job_log(job)
     assert f"node(s) {two_nodes.nodes[1]} of job {job_id} failed" in log and "Requeueing the job" in log, log
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking)
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+    client, run = one_mlflow_run(ws)
     assert run.info.status == "FINISHED"
     logged = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(logged) == len(set(logged)) and max(logged) == epochs * steps_per_epoch
