@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install the Debian packages the local one-node Slurm dev cluster needs.
+# Install the Debian packages the local Slurm dev cluster needs (iproute2: the network namespaces
+# and bridge of a multi-node one; util-linux, always there, has nsenter and unshare).
 # Idempotent: when every binary is already there it returns at once without touching apt.
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge mariadb-server slurmdbd)
+PACKAGES=(slurmctld slurmd slurm-client munge mariadb-server slurmdbd iproute2)
 # One binary per package, so a half-installed set is noticed.
-BINARIES=(slurmctld slurmd sinfo munged mariadbd slurmdbd mungekey mariadb-install-db)
+BINARIES=(slurmctld slurmd sinfo munged mariadbd slurmdbd mungekey mariadb-install-db ip nsenter unshare)
 
 missing=()
 for bin in "${BINARIES[@]}"; do
