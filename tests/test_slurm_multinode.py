@@ -48,11 +48,13 @@ def two_nodes() -> Iterator[TwoNodes]:
     ports = slurm_fixtures.free_ports()
     prefix = f"t{ports['VIGSP_SLURM_PORT']}n"  # never the name of a developer's own dev-cluster node
     env = {**ports, "VIGSP_SLURM_NODES": "2", "VIGSP_SLURM_NODE_PREFIX": prefix}
+    slurm_fixtures.forget_finished_jobs()  # this cluster's job ids repeat the session cluster's
     try:
         slurm_fixtures.run_script("start.sh", directory, env)
         conf = {"SLURM_CONF": str(directory / "etc" / "slurm.conf")}
         yield TwoNodes(directory, {**env, **conf}, (f"{prefix}1", f"{prefix}2"))
     finally:
+        slurm_fixtures.forget_finished_jobs()
         slurm_fixtures.run_script("stop.sh", directory, env)
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         hosts = Path("/etc/hosts").read_text()
