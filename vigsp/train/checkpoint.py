@@ -313,14 +313,15 @@ class CheckpointManager:
 
     # ---- loading -------------------------------------------------------------------------------
 
-    def load(self, tag_dir: Path) -> bool:
-        """Restore the engine and every registered state from ``tag_dir``. Returns whether this
-        rank's own states were restored: not when the tag was written by another world size."""
+    def load(self, tag_dir: Path, universal_root: Path | None = None) -> bool:
+        """Restore the engine and every registered state from ``tag_dir`` (DeepSpeed's part from
+        its universal copy ``universal_root``, if given). Returns whether this rank's own states
+        were restored: not when the tag was written by another world size."""
         if not (tag_dir / COMPLETE).is_file():
             raise UserError(f"{tag_dir} is not a complete vigsp checkpoint (no {COMPLETE} file)")
         try:
             path, client_state = self.engine.load_checkpoint(
-                str(tag_dir.parent),
+                str(universal_root or tag_dir.parent),
                 tag=tag_dir.name,
                 load_optimizer_states=True,
                 load_lr_scheduler_states=True,

@@ -35,6 +35,7 @@ from vigsp.train.meters import TrainMeters
 from vigsp.train.mixup import Mixup
 from vigsp.train.optim import build_optimizer, build_scheduler
 from vigsp.train.records import EPOCH_FIELDS, EPOCHS_FILE, STEP_FIELDS, STEPS_FILE, CsvRecord
+from vigsp.train.reshard import optimizer_is_sharded, universal_copy
 from vigsp.train.state import RngState, TrainState, WallClock
 
 log = logging.getLogger("vigsp.train")
@@ -92,11 +93,20 @@ def match_buffers_to_weights(module: nn.Module) -> None:
             buffer.data = buffer.data.to(dtype)
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The tag to resume, and where DeepSpeed loads it from: its universal copy (inside the tag)
+    when another world size resumes an optimizer state that is sharded per rank."""
+
+    tag_dir: Path
+    universal_root: Path | None = None
+
+
 def _checkpoints(
     cfg: TrainConfig, env: DistEnv, lease: RunLease | None
-) -> tuple[CheckpointManager, Path | None]:
-    """The run's checkpoint manager, and the tag to resume from, checked against the config
-    before anything is built (None: a fresh start)."""
+) -> tuple[CheckpointManager, ResumePoint | None]:
+    """The run's checkpoint manager, and what to resume, checked against the config before
+    anything is built (None: a fresh start)."""
     c = cfg.checkpoint
     ckpt = CheckpointManager(
         cfg.run.directory,
@@ -117,22 +127,17 @@ def _checkpoints(
     saved = ckpt.read_meta(tag_dir)
     check_resume_compatible(saved["config"], cfg, str(tag_dir))
     world = saved["world_size"]
-    if world != env.world_size and cfg.deepspeed.zero_stage > 0:
-        raise UserError(
-            f"{tag_dir} was written by {world} ranks with ZeRO stage {cfg.deepspeed.zero_stage}, "
-            f"whose optimizer state is sharded per rank; resume with {world} ranks, or convert it with "
-            f"`python -m deepspeed.checkpoint.ds_to_universal --input_folder {tag_dir} --output_folder "
-            f"{tag_dir}_universal` and train with deepspeed.zero_stage=0 from that universal checkpoint"
-        )
-    if world != env.world_size:
-        log.warning(
-            "resuming %s with %d ranks instead of %d: weights and optimizer carry over; the "
-            "interrupted epoch's data order is redrawn for the new world size",
-            tag_dir,
-            env.world_size,
-            world,
-        )
-    return ckpt, tag_dir
+    if world == env.world_size:
+        return ckpt, ResumePoint(tag_dir)
+    log.warning(
+        "resuming %s with %d ranks instead of %d: weights and optimizer carry over; the "
+        "interrupted epoch's data order is redrawn for the new world size",
+        tag_dir,
+        env.world_size,
+        world,
+    )
+    universal = universal_copy(tag_dir, env) if optimizer_is_sharded(cfg) else None
+    return ckpt, ResumePoint(tag_dir, universal)
 
 
 def _build_model(cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -147,9 +152,18 @@ def _build_model(cfg: TrainConfig, env: DistEnv) -> nn.Module:
 
 
 def _build_engine(
-    cfg: TrainConfig, env: DistEnv, model: nn.Module, total_steps: int, steps_per_epoch: int
+    cfg: TrainConfig,
+    env: DistEnv,
+    model: nn.Module,
+    total_steps: int,
+    steps_per_epoch: int,
+    load_universal: bool = False,
 ) -> Any:
     import deepspeed
+
+    ds_config = to_deepspeed_config(cfg, env.world_size)
+    if load_universal:  # DeepSpeed re-partitions a universal checkpoint at load time
+        ds_config["checkpoint"] = {"load_universal": True}
 
     peak_lr = scaled_lr(cfg, env.world_size)
     optimizer = build_optimizer(model, cfg.optim, peak_lr)
@@ -160,7 +174,7 @@ def _build_engine(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=to_deepspeed_config(cfg, env.world_size),
+        config=ds_config,
         dist_init_required=False,
     )
     match_buffers_to_weights(engine.module)
@@ -192,7 +206,7 @@ def build_components(
     cfg: TrainConfig, env: DistEnv, tracking_uri: str | None, lease: RunLease | None = None
 ) -> Components:
     run_dir = cfg.run.directory
-    ckpt, resume_dir = _checkpoints(cfg, env, lease)
+    ckpt, resume = _checkpoints(cfg, env, lease)
     inputs = declared_inputs(cfg)
     model = _build_model(cfg, env)
     n_params = count_parameters(model)
@@ -205,7 +219,8 @@ def build_components(
         outputs=inputs.pipeline_outputs,
     )
     total_steps, steps_per_epoch = _training_length(cfg, train_loader)
-    engine, scheduler = _build_engine(cfg, env, model, total_steps, steps_per_epoch)
+    load_universal = resume is not None and resume.universal_root is not None
+    engine, scheduler = _build_engine(cfg, env, model, total_steps, steps_per_epoch, load_universal)
     # The EMA copy is kept in fp32 whatever the training precision.
     ema = ModelEma(engine.module, cfg.optim.ema_decay).float() if cfg.optim.ema_decay else None
     mixup = _build_mixup(cfg, env)
@@ -215,13 +230,13 @@ def build_components(
     ckpt.register_all({"data": train_loader, "rng": rng, "mixup": mixup}, per_rank=True)
     steps = CsvRecord(run_dir / STEPS_FILE, STEP_FIELDS, env.is_main)
     epochs = CsvRecord(run_dir / EPOCHS_FILE, EPOCH_FIELDS, env.is_main)
-    _restore(ckpt, resume_dir, state, rng, (steps, epochs))
+    _restore(ckpt, resume, state, rng, (steps, epochs))
     if env.is_main:
         (run_dir / CONFIG_FILE).write_text(resolved_yaml(cfg))
     tracker = _open_tracker(cfg, env, run_dir, tracking_uri, run_link, state, n_params, ckpt.resume_note)
     run_link.tracker = tracker
-    _log_start(cfg, env, ckpt, n_params, total_steps, resume_dir, state, tracker)
-    if env.is_main and tracker.enabled and resume_dir is None:
+    _log_start(cfg, env, ckpt, n_params, total_steps, resume, state, tracker)
+    if env.is_main and tracker.enabled and resume is None:
         artifacts.log_superpixel_overlay(tracker, cfg, val_loader, run_dir)
     return Components(
         run_dir=run_dir,
@@ -246,16 +261,16 @@ def build_components(
 
 def _restore(
     ckpt: CheckpointManager,
-    resume_dir: Path | None,
+    resume: ResumePoint | None,
     state: TrainState,
     rng: RngState,
     records: tuple[CsvRecord, CsvRecord],
 ) -> None:
-    """Every registered state from ``resume_dir``, and the step/epoch records cut back to it."""
-    if resume_dir is None:
+    """Every registered state from ``resume``, and the step/epoch records cut back to it."""
+    if resume is None:
         rng.reseed(0)
         return
-    if not ckpt.load(resume_dir):
+    if not ckpt.load(resume.tag_dir, resume.universal_root):
         rng.reseed(state.global_step)  # another world size: this rank's own states do not fit
     state.resumes += 1
     steps, epochs = records
@@ -304,7 +319,7 @@ def _log_start(
     ckpt: CheckpointManager,
     n_params: int,
     total_steps: int,
-    resume_dir: Path | None,
+    resume: ResumePoint | None,
     state: TrainState,
     tracker: Any,
 ) -> None:
@@ -320,7 +335,7 @@ def _log_start(
         total_steps,
         cfg.data.batch_size * cfg.deepspeed.gradient_accumulation_steps * env.world_size,
     )
-    if resume_dir is not None:
-        log.info("resumed from %s at step %d (epoch %d)", resume_dir, state.global_step, state.epoch)
+    if resume is not None:
+        log.info("resumed from %s at step %d (epoch %d)", resume.tag_dir, state.global_step, state.epoch)
     if env.is_main and tracker.enabled:
         log.info("MLflow: run %s at %s", tracker.run_id or "(opening)", tracker.tracking_uri)
