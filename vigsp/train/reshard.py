@@ -1,5 +1,5 @@
 """Resuming on another number of ranks when each rank holds only a shard of the optimizer state
-(ZeRO 1 and 2, and DeepSpeed's bf16 optimizer at any stage).
+(ZeRO 1 and 2, and DeepSpeed's bf16 optimizer on GPUs at any stage).
 
 Such a tag is converted once, by rank 0, to DeepSpeed's *universal checkpoint* (every parameter's
 fp32 weights and Adam moments whole, one file each), cached inside the tag, and loaded from there
@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-from vigsp.config.schema import TrainConfig
 from vigsp.errors import UserError
 from vigsp.train.distributed import DistEnv, broadcast_object
 from vigsp.train.durable import write_atomic
@@ -42,9 +41,11 @@ CONVERT_LOG = "universal.log"
 __all__ = ["UNIVERSAL", "optimizer_is_sharded", "universal_copy"]
 
 
-def optimizer_is_sharded(cfg: TrainConfig) -> bool:
-    """Whether each rank's checkpoint files hold only its own part of the optimizer state."""
-    return cfg.deepspeed.zero_stage > 0 or cfg.deepspeed.bf16
+def optimizer_is_sharded(tag_dir: Path) -> bool:
+    """Whether each rank wrote only its own part of the optimizer state into ``tag_dir``: DeepSpeed's
+    ``*_optim_states.pt`` files (ZeRO 1/2; its bf16 optimizer on GPUs). Read off the files, not
+    the config: on the CPU, bf16 with ZeRO 0 keeps the whole state in the model file."""
+    return any(tag_dir.glob("*_optim_states.pt"))
 
 
 def universal_copy(tag_dir: Path, env: DistEnv) -> Path:

@@ -136,7 +136,7 @@ def _checkpoints(
         env.world_size,
         world,
     )
-    universal = universal_copy(tag_dir, env) if optimizer_is_sharded(cfg) else None
+    universal = universal_copy(tag_dir, env) if optimizer_is_sharded(tag_dir) else None
     return ckpt, ResumePoint(tag_dir, universal)
 
 
