@@ -166,10 +166,10 @@ def test_shards_are_disjoint_and_cover_the_data(fashion_mnist: PrepareResult, li
         loader = TrainLoader(cfg, rank=rank, world_size=2)
         assert loader.steps_per_epoch == 72 // 16
         shards.append(torch.cat([b.index for b in loader.iter_epoch(0)]).tolist())
-    plan = TrainLoader(cfg, world_size=2).epoch_plan(0)
+    plan = TrainLoader(cfg, world_size=2).epoch_plan(0).files
     assert len(shards[0]) == len(shards[1]) == 32 and not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == sorted(plan.tolist())  # 64 of 72: a different tail each epoch
-    assert not np.array_equal(plan, TrainLoader(cfg, world_size=2).epoch_plan(1))
+    assert not np.array_equal(plan, TrainLoader(cfg, world_size=2).epoch_plan(1).files)
 
     for world in (2, 3):  # evaluation: every image exactly once, whatever the shard sizes
         counts = Counter()
@@ -185,7 +185,7 @@ def test_shards_are_disjoint_and_cover_the_data(fashion_mnist: PrepareResult, li
 def test_repeated_augmentation_sends_copies_to_different_ranks(fashion_mnist: PrepareResult, lists) -> None:  # noqa: F811
     cfg = make_config(fashion_mnist, lists, augmentation={"repeated_augment": 3}, batch_size=4)
     loader = TrainLoader(cfg, world_size=3)
-    plan = loader.epoch_plan(0).reshape(3, -1)  # row r: rank r's images, in order
+    plan = loader.epoch_plan(0).files.reshape(3, -1)  # row r: rank r's images, in order
     assert plan.shape[1] == loader.steps_per_epoch * 4 == 72 // 12 * 4  # the epoch keeps its length
     for rank_images in plan:
         assert len(set(rank_images.tolist())) == len(rank_images)  # no copy twice on one rank
@@ -210,6 +210,43 @@ def test_resume_from_mid_epoch_checkpoint_is_exact(fashion_mnist: PrepareResult,
     for a, b in zip(expected, got, strict=True):
         for field in ("index", "labels", "images", "label_maps", "node_features", "edges", "pixel_mask"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+@pytest.mark.parametrize(("before", "after", "steps"), [(2, 3, 2), (3, 1, 1), (1, 2, 7)])
+def test_an_epoch_interrupted_on_one_world_size_continues_on_another_exactly_once(
+    fashion_mnist: PrepareResult,  # noqa: F811
+    lists,
+    before: int,
+    after: int,
+    steps: int,
+) -> None:
+    """Ranks of one world size take ``steps`` batches; the run-wide position alone (what a resume on
+    another world size has) gives the new ranks the rest of the epoch: each unseen image once."""
+    cfg = make_config(fashion_mnist, lists, superpixel=None, batch_size=4)  # 72 images
+    seen, progress = [], []
+    for rank in range(before):
+        loader = TrainLoader(cfg, rank=rank, world_size=before)
+        for step, batch in enumerate(loader.iter_epoch(0)):
+            seen += batch.index.tolist()
+            if step + 1 == steps:
+                break
+        progress.append(json.loads(json.dumps(loader.progress.state_dict())))  # as a checkpoint keeps it
+    assert all(p == progress[0] for p in progress)  # run-wide: the same on every rank
+    epoch = set(TrainLoader(cfg, world_size=before).epoch_plan(0).files.tolist())
+
+    rest, batches_per_rank = [], []
+    for rank in range(after):
+        loader = TrainLoader(cfg, rank=rank, world_size=after)
+        loader.progress.load_state_dict(progress[0])
+        left = loader.batches_left(0)
+        batches = list(loader.iter_epoch(0))
+        assert len(batches) == left and all(len(b) >= 1 for b in batches)
+        batches_per_rank.append(len(batches))
+        rest += [i for b in batches for i in b.index.tolist()]
+        assert loader.epoch == 1 and len(list(loader.iter_epoch(1))) == loader.steps_per_epoch
+    assert len(set(batches_per_rank)) == 1  # the ranks stay in step
+    assert len(rest) == len(set(rest)) and not set(rest) & set(seen)  # nothing twice
+    assert set(seen) | set(rest) == epoch  # nothing lost (72 = whole batches here: no tail)
 
 
 def test_leaving_an_epoch_early_keeps_the_position(fashion_mnist: PrepareResult, lists) -> None:  # noqa: F811

@@ -7,6 +7,7 @@ steps.csv (loss and lr of every optimizer step, written with every bit) exactly.
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import pytest
@@ -199,21 +200,42 @@ def test_zero2_bf16_accumulation_stop_and_resume_is_exact(data, tmp_path) -> Non
     assert read_steps(run_dir) == reference
 
 
-def test_resume_with_another_world_size(data, tmp_path) -> None:
-    """ZeRO 0: weights and optimizer carry over from 2 ranks to 1; the step count continues."""
+def test_another_world_size_continues_the_epoch_and_the_schedule(data, reference, tmp_path) -> None:
+    """Stopped mid-epoch on 2 ranks, resumed on 1: the interrupted epoch goes on with the images it
+    had left (each once: tests/test_data_pipelines.py checks the images), so it ends after exactly
+    as many one-rank steps as those images fill; the lr goes on from where it was; MLflow records
+    the change."""
+    from mlflow import MlflowClient
+
+    from vigsp.tracking.names import EMBEDDED_DB, TAG_WORLD_SIZE_HISTORY
+
     run_dir = tmp_path / "runs" / "r"
     group = train(tmp_path, data)
-    wait_for(lambda: last_step(run_dir) >= 5, 240, "step 5", group)
+    wait_for(lambda: last_step(run_dir) >= 3, 240, "step 3", group)
     group.signal(signal.SIGUSR2)
     finish(group, expect=REQUEUE_EXIT_CODE)
-    assert last_step(run_dir) < 10  # stopped inside the first epoch
+    stopped = last_step(run_dir)
+    assert stopped < 10  # inside the first epoch (10 steps of 2 x 8 images)
     overrides = [*data.overrides(), *RUN, "run.output_dir=runs", "run.name=r"]
     single = RankGroup(tmp_path, "tiny_test", overrides, world=1)
     assert single.wait() == [0], single.output(0)
-    assert "resuming" in single.output(0) and "with 1 ranks instead of 2" in single.output(0)
-    # One rank takes 8 images per step instead of 16: 20 steps per epoch, 40 in all, counted on
-    # from the checkpoint (the interrupted epoch restarts its data order for the new world size).
-    assert [s[0] for s in read_steps(run_dir)] == list(range(1, 41))
+    assert "with 1 ranks instead of 2" in single.output(0)
+
+    # 160 - 16 * stopped images left of epoch 0: 2 * (10 - stopped) steps of 8; then 20 for epoch 1.
+    end_of_epoch_0 = stopped + 2 * (10 - stopped)
+    rows = read_steps(run_dir)
+    assert [r[0] for r in rows] == list(range(1, end_of_epoch_0 + 20 + 1))
+    assert [r[1] for r in rows] == [0] * end_of_epoch_0 + [1] * 20
+    # The lr of the first step on one rank is the one the 2-rank run would have used next ...
+    assert float(rows[stopped][3]) == float(reference[stopped][3])
+    # ... and it decays (warmup is over by then) to the schedule's end at the new last step.
+    lrs = [float(r[3]) for r in rows[stopped:]]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] <= float(reference[-1][3])
+    client = MlflowClient(f"sqlite:///{tmp_path / EMBEDDED_DB}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-test").experiment_id])
+    assert run.data.tags[TAG_WORLD_SIZE_HISTORY] == f"2 rank(s) from step 0, 1 rank(s) from step {stopped}"
+    assert run.data.tags["vigsp.world_size"] == "1" and run.info.status == "FINISHED"
 
 
 @pytest.mark.mlflow

@@ -20,7 +20,7 @@ from vigsp.train.distributed import DistEnv
 from vigsp.train.ema import ModelEma
 from vigsp.train.evaluate import topk_correct
 from vigsp.train.mixup import Mixup
-from vigsp.train.optim import build_optimizer, build_scheduler, parameter_groups, warmup_cosine
+from vigsp.train.optim import LrSchedule, build_optimizer, build_scheduler, parameter_groups, warmup_cosine
 from vigsp.train.signals import StopFlag
 
 
@@ -50,11 +50,28 @@ def test_warmup_cosine_matches_the_formula() -> None:
     assert factor(warm) == pytest.approx(1.0) and factor(total) * peak == pytest.approx(floor)
 
 
+def test_a_rebased_schedule_goes_on_from_where_it_was_and_ends_at_the_new_last_step() -> None:
+    """A resume on half the ranks at step 30 of 100: 140 steps are left instead of 70."""
+    cfg = load_config("quickstart")
+    plain = LrSchedule(cfg.schedule, peak_lr=1e-3, total_steps=100, steps_per_epoch=10, layout=[2, 8, 1])
+    elastic = LrSchedule(cfg.schedule, peak_lr=1e-3, total_steps=100, steps_per_epoch=10, layout=[1, 8, 1])
+    elastic.load_state_dict(plain.state_dict())
+    assert [elastic.factor(s) for s in range(101)] == [plain.factor(s) for s in range(101)]  # identity so far
+    elastic.rebase(30, 170)
+    assert elastic.factor(30) == plain.factor(30)  # no jump
+    assert elastic.factor(100) == pytest.approx(plain.factor(65))  # halfway through what was left
+    assert elastic.factor(170) == pytest.approx(plain.factor(100))  # the end, at the new last step
+    again = LrSchedule(cfg.schedule, peak_lr=1e-3, total_steps=50, steps_per_epoch=5, layout=[1, 8, 1])
+    again.load_state_dict(elastic.state_dict())  # as a later resume restores it
+    assert [again.factor(s) for s in range(171)] == [elastic.factor(s) for s in range(171)]
+
+
 def test_scheduler_drives_the_optimizer_lr() -> None:
     cfg = load_config("quickstart")
     model = nn.Linear(4, 2)
     opt = build_optimizer(model, cfg.optim, lr=1e-3)
-    sched = build_scheduler(opt, cfg.schedule, peak_lr=1e-3, total_steps=20, steps_per_epoch=10)
+    schedule = LrSchedule(cfg.schedule, peak_lr=1e-3, total_steps=20, steps_per_epoch=10, layout=[1, 8, 1])
+    sched = build_scheduler(opt, schedule)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])

@@ -1,16 +1,19 @@
 """Batches for the model from the DALI pipelines, per rank: ``TrainLoader`` and ``EvalLoader``.
 
-Training epochs (the policy):
+Training epochs (the policy; the arithmetic is vigsp/data/epoch_plan.py):
   * every epoch is a fresh permutation of the training split, drawn from (data.seed, epoch), the
     same on every rank; it is cut to ``steps_per_epoch * world_size * batch_size`` images (the
     tail, different each epoch, is dropped as in DistributedSampler(drop_last=True)) and rank r
     reads block r of it (``shard_id=rank, num_shards=world_size``). So every rank runs exactly
-    ``steps_per_epoch = len(train) // (world_size * batch_size)`` full batches, no image is seen
-    twice in an epoch (unless data.augmentation.repeated_augment asks for it) and the ranks' images
-    are disjoint;
+    ``steps_per_epoch`` full batches (whole optimizer steps of ``accum`` micro batches), no image
+    is seen twice in an epoch (unless data.augmentation.repeated_augment asks for it) and the
+    ranks' images are disjoint;
   * ``state_dict()`` (after any batch) holds the epoch, the step and DALI's checkpoint of reader
     position and random state; a loader built with it yields exactly the batches that an
-    uninterrupted one would have yielded next.
+    uninterrupted one would have yielded next;
+  * ``progress`` is the same position without DALI's part, identical on every rank: restored on
+    another world size (or batch size, or accumulation) it continues the interrupted epoch with the
+    images no rank had taken, each once, as a new *segment* whose last batch may be short.
 
 Evaluation: the split in its index order, shard r = DALI's r-th contiguous block, the shard padded
 to whole batches inside DALI and the padding dropped again (LastBatchPolicy.PARTIAL), so the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +46,7 @@ from vigsp.data.batch import (
     explain_pipeline_failure,
 )
 from vigsp.data.config import DataConfig
+from vigsp.data.epoch_plan import Layout, Segment, SegmentPlan, current_segment, first_segment
 from vigsp.data.folders import ImageIndex, load_split, resolve_classes
 from vigsp.data.pipelines import (
     GRAPH_OUTPUTS,
@@ -57,7 +62,7 @@ from vigsp.errors import UserError
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: epoch segments (another layout mid-epoch); 1 is read too
 
 
 StepSetting = SuperpixelStep | Literal["auto"] | None
@@ -114,7 +119,12 @@ class _Loader:
         return self.index.classes
 
     def _pipeline(
-        self, kind: Literal["train", "eval"], sample_ids: np.ndarray, seed: int, checkpoint: bytes | None
+        self,
+        kind: Literal["train", "eval"],
+        sample_ids: np.ndarray,
+        seed: int,
+        checkpoint: bytes | None,
+        pad_last_batch: bool = False,
     ) -> Pipeline:
         return build_pipeline(
             kind,
@@ -129,6 +139,7 @@ class _Loader:
             device_id=self.device_id,
             checkpoint=checkpoint,
             outputs=self.output_names,
+            pad_last_batch=pad_last_batch,
         )
 
     def _batch(self, out: dict[str, torch.Tensor]) -> Batch:
@@ -178,7 +189,9 @@ class _Loader:
 
 
 class TrainLoader(_Loader):
-    """Training batches of one rank, epoch by epoch; resumable mid-epoch (see the module docstring).
+    """Training batches of one rank, epoch by epoch; resumable mid-epoch (see the module docstring),
+    on this layout exactly, or on another (world size, batch size, accumulation) with the epoch's
+    unseen images each seen once (vigsp/data/epoch_plan.py).
 
     Usage::
 
@@ -187,6 +200,9 @@ class TrainLoader(_Loader):
             for batch in loader.iter_epoch(epoch):
                 ...
                 saved["data"] = loader.state_dict()   # when checkpointing
+
+    ``progress`` is the run-wide part of the position (the same on every rank): restored alone, as
+    after a resume on another world size, it continues the epoch without this rank's DALI state.
     """
 
     split = "train"
@@ -203,6 +219,7 @@ class TrainLoader(_Loader):
         device_id: int | None = None,
         state: dict[str, Any] | None = None,
         outputs: Sequence[str] = GRAPH_OUTPUTS,
+        accum: int = 1,
     ) -> None:
         super().__init__(
             cfg,
@@ -214,34 +231,123 @@ class TrainLoader(_Loader):
             device_id=device_id,
             outputs=outputs,
         )
-        global_batch = world_size * cfg.batch_size
-        self.steps_per_epoch = len(self.index) // global_batch
-        if self.steps_per_epoch == 0:
+        self.layout = Layout(world_size, cfg.batch_size, accum)
+        self.full_batches = len(self.index) // (world_size * cfg.batch_size)  # per rank, per epoch
+        if self.full_batches == 0:
             raise UserError(
                 f"the training split has {len(self.index)} images, fewer than one global batch "
                 f"({world_size} rank(s) x data.batch_size {cfg.batch_size}); lower data.batch_size"
             )
-        self._step = 0  # batches taken from the current epoch
+        # Micro batches per rank in a fresh epoch, whole optimizer steps only.
+        self.steps_per_epoch = first_segment(np.arange(len(self.index)), self.layout).micro_batches
+        self.epoch = 0
+        self._history: list[Segment] = []  # the current epoch's earlier segments (other layouts)
+        self._step = 0  # micro batches taken in the current segment
+        self._dali: bytes | None = None  # DALI's state at (epoch, history, step), when known
         self._iterator: DALIGenericIterator | None = None
+        self.progress = _RunWideProgress(self)
         self.load_state_dict(state)
 
     def _fingerprint(self) -> dict[str, int]:
-        # What the saved DALI reader position is relative to; if any differs it cannot be reused.
+        # What an epoch's permutation depends on; if any differs, a saved position means nothing.
         return {
             "images": len(self.index),
-            "world_size": self.world_size,
-            "batch_size": self.cfg.batch_size,
             "seed": self.cfg.resolved_seed,
             "repeated_augment": self.cfg.augmentation.repeated_augment,
         }
 
-    def _validated(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        if not state:
-            return None
-        if state.get("version") != STATE_VERSION:
-            raise UserError(
-                f"the data-loader state has version {state.get('version')}, expected {STATE_VERSION}"
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Sample ids of the whole epoch in reading order for the epoch's first layout: a fresh
+        permutation, drawn from (data.seed, epoch), the same on every rank."""
+        rng = np.random.default_rng([self.cfg.resolved_seed, epoch])
+        order = rng.permutation(len(self.index))
+        repeats = self.cfg.augmentation.repeated_augment
+        if repeats == 1:
+            return order
+        # timm's RASampler: copies of an image go to consecutive ranks, each augmented differently;
+        # laid out as rank blocks, which is how the first segment shards it.
+        first = self._history[0].layout if self._history and self.epoch == epoch else self.layout
+        world = first.world_size
+        per_rank = len(order) // (world * first.batch_size) * first.batch_size
+        repeated = np.repeat(order, repeats)
+        return np.concatenate([repeated[r::world][:per_rank] for r in range(world)])
+
+    def epoch_plan(self, epoch: int) -> SegmentPlan:
+        """What this layout reads of ``epoch``: the whole epoch, or what its earlier segments left."""
+        history = self._history if epoch == self.epoch else []
+        return current_segment(self.epoch_order(epoch), history, self.layout)
+
+    def batches_left(self, epoch: int) -> int:
+        """Micro batches this rank has still to take in ``epoch``."""
+        if epoch != self.epoch:
+            return self.steps_per_epoch
+        return self.epoch_plan(epoch).micro_batches - self._step
+
+    def _pipeline_seed(self, epoch: int) -> int:
+        # A continuation segment draws its augmentations afresh (its own stream).
+        key = [self.cfg.resolved_seed, epoch, self.rank, *([len(self._history)] if self._history else [])]
+        return int(np.random.SeedSequence(key).generate_state(1)[0] >> 1)
+
+    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
+        """This rank's batches of ``epoch`` (the rest of them, when resuming).
+
+        Leaving the loop early keeps the position: ``state_dict()`` and a later ``iter_epoch(epoch)``
+        continue after the last batch taken.
+        """
+        if epoch != self.epoch:
+            self.epoch, self._history, self._step, self._dali = epoch, [], 0, None
+        if self._step and self._dali is None:
+            # Restored without this rank's DALI state (another world size resumed, or the rank files
+            # were not this layout's): what is left of the segment continues as a new one.
+            self._history, self._step = [*self._history, Segment(self.layout, self._step)], 0
+        plan = self.epoch_plan(epoch)
+        if plan.dropped:
+            log.warning(
+                "data: %d image(s) of epoch %d cannot be placed in whole batches on %d rank(s) "
+                "and are left to the next epoch",
+                plan.dropped,
+                epoch,
+                self.layout.world_size,
             )
+        pipe = self._pipeline(
+            "train", plan.files, self._pipeline_seed(epoch), self._dali, pad_last_batch=plan.partial
+        )
+        policy = LastBatchPolicy.PARTIAL if plan.partial else LastBatchPolicy.DROP
+        self._iterator = DALIGenericIterator(
+            [pipe], list(self.output_names), reader_name=READER_NAME, last_batch_policy=policy
+        )
+        batches = self._iterate(self._iterator, plan.shard(self.rank), self._step)
+        try:
+            while self._step < plan.micro_batches:
+                batch = next(batches)
+                self._step += 1
+                yield batch
+        except GeneratorExit:  # the caller left the loop: remember where, before the pipeline goes
+            try:
+                self._dali = self._dali_state()
+            except Exception:  # at interpreter exit DALI may be gone already; nothing left to resume
+                log.debug("data: no position kept for the abandoned epoch %d", epoch, exc_info=True)
+            raise
+        finally:
+            batches.close()
+            self._iterator = None
+        self.epoch, self._history, self._step, self._dali = epoch + 1, [], 0, None
+
+    def _dali_state(self) -> bytes | None:
+        if self._iterator is not None and self._step:
+            return self._iterator.checkpoints()[0]
+        return self._dali
+
+    def _position(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "history": [s.to_list() for s in self._history],
+            "step": self._step,
+            "fingerprint": self._fingerprint(),
+        }
+
+    def _restore_position(self, state: dict[str, Any]) -> bool:
+        """Take the position ``state`` names; False (and a fresh epoch) when it does not fit."""
         if state["fingerprint"] != self._fingerprint():
             changed = {k: (state["fingerprint"].get(k), v) for k, v in self._fingerprint().items()}
             changed = {k: pair for k, pair in changed.items() if pair[0] != pair[1]}
@@ -251,78 +357,62 @@ class TrainLoader(_Loader):
                 ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items()),
                 state["epoch"],
             )
-            return {**state, "dali": None, "step": 0}
-        return state
-
-    def epoch_plan(self, epoch: int) -> np.ndarray:
-        """Sample ids of the whole epoch, rank r's block at [r*n, (r+1)*n) with n = steps * batch."""
-        rng = np.random.default_rng([self.cfg.resolved_seed, epoch])
-        order = rng.permutation(len(self.index))
-        per_rank = self.steps_per_epoch * self.cfg.batch_size
-        repeats = self.cfg.augmentation.repeated_augment
-        if repeats == 1:
-            return order[: per_rank * self.world_size]
-        # timm's RASampler: copies of an image go to consecutive ranks, each augmented differently.
-        repeated = np.repeat(order, repeats)
-        return np.concatenate([repeated[r :: self.world_size][:per_rank] for r in range(self.world_size)])
-
-    def _pipeline_seed(self, epoch: int) -> int:
-        return int(
-            np.random.SeedSequence([self.cfg.resolved_seed, epoch, self.rank]).generate_state(1)[0] >> 1
-        )
-
-    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
-        """This rank's ``steps_per_epoch`` batches of ``epoch`` (the rest of them, when resuming).
-
-        Leaving the loop early keeps the position: ``state_dict()`` and a later ``iter_epoch(epoch)``
-        continue after the last batch taken.
-        """
-        resume = self._resume if self._resume and self._resume["epoch"] == epoch else None
-        self._resume = None
-        plan = self.epoch_plan(epoch)
-        per_rank = self.steps_per_epoch * self.cfg.batch_size
-        shard = plan[self.rank * per_rank : (self.rank + 1) * per_rank]
-        checkpoint = base64.b64decode(resume["dali"]) if resume and resume["dali"] else None
-        pipe = self._pipeline("train", plan, self._pipeline_seed(epoch), checkpoint)
-        self._iterator = DALIGenericIterator(
-            [pipe], list(self.output_names), reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.DROP
-        )
-        self.epoch = epoch
-        self._step = resume["step"] if checkpoint else 0
-        try:
-            for batch in self._iterate(self._iterator, shard, self._step):
-                self._step += 1
-                yield batch
-        except GeneratorExit:  # the caller left the loop: remember where, before the pipeline goes
-            try:
-                self._resume = self.state_dict()
-            except Exception:  # at interpreter exit DALI may be gone already; nothing left to resume
-                log.debug("data: no position kept for the abandoned epoch %d", epoch, exc_info=True)
-            raise
-        finally:
-            self._iterator = None
-        self.epoch, self._step = epoch + 1, 0
+            self.epoch, self._history, self._step, self._dali = state["epoch"], [], 0, None
+            return False
+        self.epoch = state["epoch"]
+        self._history = [Segment.from_list(s) for s in state["history"]]
+        self._step = state["step"]
+        if state.get("layout") is not None and Layout(*state["layout"]) != self.layout and self._step:
+            # Saved under another layout: that segment ends here and the rest is a new one.
+            self._history, self._step = [*self._history, Segment(Layout(*state["layout"]), self._step)], 0
+        self._dali = None
+        return True
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Continue where ``state`` (from ``state_dict()``) was, at the next ``iter_epoch``."""
-        self._resume = self._validated(state)
-        self.epoch = self._resume["epoch"] if self._resume else 0
+        """Continue where ``state`` (from ``state_dict()``, this rank's) was, at the next ``iter_epoch``."""
+        if not state:
+            return
+        state = _upgrade(state)
+        if self._restore_position(state) and Layout(*state["layout"]) == self.layout and state["dali"]:
+            self._dali = base64.b64decode(state["dali"])
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank is: restore with ``load_state_dict`` (or ``TrainLoader(..., state=...)``).
         JSON-serialisable."""
-        if self._iterator is None and self._resume is not None:
-            return dict(self._resume)  # restored or left early, and not iterated since
-        dali = None
-        if self._iterator is not None and self._step:
-            dali = base64.b64encode(self._iterator.checkpoints()[0]).decode("ascii")  # bytes -> JSON-safe
+        dali = self._dali_state()
         return {
             "version": STATE_VERSION,
-            "epoch": self.epoch,
-            "step": self._step if dali else 0,
-            "dali": dali,
-            "fingerprint": self._fingerprint(),
+            **self._position(),
+            "layout": list(astuple(self.layout)),
+            "dali": base64.b64encode(dali).decode("ascii") if dali else None,  # bytes -> JSON-safe
         }
+
+
+class _RunWideProgress:
+    """The loader's position without DALI's state: identical on every rank, so it is saved once
+    for the run and restored on any world size (the checkpointer's run-wide states)."""
+
+    def __init__(self, loader: TrainLoader) -> None:
+        self.loader = loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.loader._position(), "layout": list(astuple(self.loader.layout))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader._restore_position(state)
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A loader state of an older vigsp, in today's form."""
+    version = state.get("version")
+    if version == STATE_VERSION:
+        return state
+    if version == 1:  # no segments; the layout was in the fingerprint
+        old = state["fingerprint"]
+        fingerprint = {k: old[k] for k in ("images", "seed", "repeated_augment")}
+        layout = [old["world_size"], old["batch_size"], 1]
+        return {**state, "history": [], "fingerprint": fingerprint, "layout": layout}
+    raise UserError(f"the data-loader state has version {version}, expected {STATE_VERSION}")
 
 
 class EvalLoader(_Loader):
@@ -385,11 +475,19 @@ class EvalLoader(_Loader):
 
 
 def make_loaders(
-    cfg: DataConfig, *, rank: int = 0, world_size: int = 1, state: dict[str, Any] | None = None, **kwargs: Any
+    cfg: DataConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    state: dict[str, Any] | None = None,
+    accum: int = 1,
+    **kwargs: Any,
 ) -> tuple[TrainLoader, EvalLoader]:
     """Both loaders with one class list (resolved once), as the trainer wants them."""
     classes = resolve_classes(cfg)
-    train = TrainLoader(cfg, rank=rank, world_size=world_size, classes=classes, state=state, **kwargs)
+    train = TrainLoader(
+        cfg, rank=rank, world_size=world_size, classes=classes, state=state, accum=accum, **kwargs
+    )
     val = EvalLoader(cfg, rank=rank, world_size=world_size, classes=classes, **kwargs)
     return train, val
 

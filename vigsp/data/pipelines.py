@@ -215,13 +215,14 @@ def _outputs(
 
 
 @pipeline_def
-def _train_def(files, sample_ids, shard_id, num_shards, cfg, decoder, step, outputs):
+def _train_def(files, sample_ids, shard_id, num_shards, cfg, decoder, step, outputs, pad_last_batch=False):
     encoded, index = fn.readers.file(
         files=files,
         labels=sample_ids,
         shard_id=shard_id,
         num_shards=num_shards,
         stick_to_shard=True,
+        pad_last_batch=pad_last_batch,  # a continuation's short last batch (vigsp/data/epoch_plan.py)
         random_shuffle=False,  # the loader permutes the file list for each epoch
         name=READER_NAME,
     )
@@ -256,11 +257,14 @@ def build_pipeline(
     device_id: int | None,
     checkpoint: bytes | None = None,
     outputs: Sequence[str] = GRAPH_OUTPUTS,
+    pad_last_batch: bool = False,
 ) -> Pipeline:
     """A built pipeline whose outputs are ``outputs`` (names from GRAPH_OUTPUTS, in any order) with
-    a step, or PLAIN_OUTPUTS without one."""
+    a step, or PLAIN_OUTPUTS without one. ``pad_last_batch`` (training; evaluation always pads):
+    the shard's last batch is padded, for LastBatchPolicy.PARTIAL to cut back."""
     check_output_names(outputs)
     definition = _train_def if kind == "train" else _eval_def
+    extra = {"pad_last_batch": True} if kind == "train" and pad_last_batch else {}
     randaugment = kind == "train" and cfg.augmentation.randaugment is not None
     pipe = definition(
         files=list(files),
@@ -279,6 +283,7 @@ def build_pipeline(
         enable_conditionals=randaugment,  # DALI's RandAugment picks operations with `if`
         enable_checkpointing=kind == "train",  # evaluation always starts from the beginning
         checkpoint=checkpoint,
+        **extra,
     )
     pipe.build()
     return pipe

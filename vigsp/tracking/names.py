@@ -39,6 +39,7 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows
 TAG_GIT_DIRTY = "vigsp.git.dirty"
 TAG_RUN_DIR = "vigsp.run_dir"
 TAG_RESUME_COUNT = "vigsp.resume_count"
+TAG_WORLD_SIZE_HISTORY = "vigsp.world_size_history"  # "2 rank(s) from step 0, 1 rank(s) from step 6"
 TAG_CHANGED_PARAMS = "vigsp.changed_params"  # config keys whose value changed on a resume
 # Set when a resume skipped damaged checkpoints: which, what was wrong, and the tag used instead.
 TAG_CHECKPOINT_FALLBACK = "vigsp.checkpoint_fallback"
@@ -74,6 +75,7 @@ __all__ = [
     "TAG_RUN_DIR",
     "TAG_RUN_NAME",
     "TAG_USER",
+    "TAG_WORLD_SIZE_HISTORY",
     "TRAIN_DATA_TIME",
     "TRAIN_EPOCH_IMG_PER_S",
     "TRAIN_EPOCH_LOSS",

@@ -81,7 +81,7 @@ class Trainer:
         state, cfg = self.state, self.cfg
         while state.epoch < cfg.run.epochs and state.global_step < self.c.total_steps:
             # A run stopped right after an epoch's last step has only that epoch's evaluation left.
-            if self._steps_done_in_epoch() < self.c.steps_per_epoch:
+            if self.c.train_loader.batches_left(state.epoch) >= self.accum:
                 stopped = self._train_epoch()
                 if stopped is not None:
                     return stopped
@@ -105,10 +105,7 @@ class Trainer:
             self._complete_step()
             if any_rank(self.stop.requested, self.env):
                 return self._stop()  # the loader is still inside the epoch: its position is saved
-            if (
-                self._steps_done_in_epoch() >= self.c.steps_per_epoch
-                or state.global_step >= self.c.total_steps
-            ):
+            if state.global_step >= self.c.total_steps:
                 break
             if self.c.ckpt.due(state.global_step):
                 self._save()
@@ -118,9 +115,6 @@ class Trainer:
         images = (state.global_step - meters.epoch.first_step) * self.images_per_step * self.env.world_size
         state.epoch_img_per_s = images / max(time.perf_counter() - meters.epoch.started, 1e-9)
         return None
-
-    def _steps_done_in_epoch(self) -> int:
-        return self.state.global_step - self.state.epoch * self.c.steps_per_epoch
 
     # ---- one step ------------------------------------------------------------------------------
 

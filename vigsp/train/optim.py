@@ -46,17 +46,61 @@ def warmup_cosine(
     return factor
 
 
+class LrSchedule:
+    """The run's warmup-cosine schedule, laid out once in the optimizer steps of the layout (world
+    size, batch, accumulation) the run started on. While the layout stays, step s is schedule step
+    s (the same arithmetic as a plain per-step schedule). A resume on another layout, whose steps
+    hold more or fewer images, maps its steps linearly onto the rest of the schedule, so the lr goes
+    on from where it was and still reaches its end at the run's last step (``rebase``).
+
+    Saved run-wide by the checkpointer; LambdaLR (which DeepSpeed saves) only counts the steps.
+    """
+
+    def __init__(
+        self,
+        cfg: ScheduleConfig,
+        *,
+        peak_lr: float,
+        total_steps: int,
+        steps_per_epoch: int,
+        layout: list[int],
+    ) -> None:
+        self.peak_lr = peak_lr
+        self.warmup_lr, self.min_lr = min(cfg.warmup_lr, peak_lr), min(cfg.min_lr, peak_lr)
+        self.total = total_steps
+        self.warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+        self.layout = layout  # of this process
+        self.saved_layout: list[int] | None = None  # of the process that saved the checkpoint
+        self.anchors: list[tuple[int, float, float]] = []  # (step, schedule position, positions per step)
+
+    def position(self, step: int) -> float:
+        for start, at, rate in reversed(self.anchors):
+            if step >= start:
+                return at + (step - start) * rate
+        return step
+
+    def factor(self, step: int) -> float:
+        """What LambdaLR multiplies the peak lr by at optimizer step ``step``."""
+        shape = warmup_cosine(self.total, self.warmup, self.peak_lr, self.warmup_lr, self.min_lr)
+        return shape(self.position(step))
+
+    def rebase(self, step: int, total_steps: int) -> None:
+        """From ``step`` on, ``total_steps - step`` steps cover the rest of the schedule."""
+        at = self.position(step)
+        self.anchors.append((step, at, (self.total - at) / max(1, total_steps - step)))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"total": self.total, "warmup": self.warmup, "layout": self.layout, "anchors": self.anchors}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.warmup = state["total"], state["warmup"]
+        self.saved_layout = list(state["layout"])
+        self.anchors = [tuple(a) for a in state["anchors"]]
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    cfg: ScheduleConfig,
-    *,
-    peak_lr: float,
-    total_steps: int,
-    steps_per_epoch: int,
+    optimizer: torch.optim.Optimizer, schedule: LrSchedule
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-optimizer-step schedule; DeepSpeed steps it and stores it in its checkpoints."""
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-    factor = warmup_cosine(
-        total_steps, warmup, peak_lr, min(cfg.warmup_lr, peak_lr), min(cfg.min_lr, peak_lr)
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """Per-optimizer-step schedule; DeepSpeed steps it and stores its step count in its checkpoints.
+    A plain function, not the schedule object, so that LambdaLR's own state_dict leaves it out."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step))

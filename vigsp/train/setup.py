@@ -33,7 +33,7 @@ from vigsp.train.ema import ModelEma
 from vigsp.train.lease import RunLease
 from vigsp.train.meters import TrainMeters
 from vigsp.train.mixup import Mixup
-from vigsp.train.optim import build_optimizer, build_scheduler
+from vigsp.train.optim import LrSchedule, build_optimizer, build_scheduler
 from vigsp.train.records import EPOCH_FIELDS, EPOCHS_FILE, STEP_FIELDS, STEPS_FILE, CsvRecord
 from vigsp.train.reshard import optimizer_is_sharded, universal_copy
 from vigsp.train.state import RngState, TrainState, WallClock
@@ -152,24 +152,15 @@ def _build_model(cfg: TrainConfig, env: DistEnv) -> nn.Module:
 
 
 def _build_engine(
-    cfg: TrainConfig,
-    env: DistEnv,
-    model: nn.Module,
-    total_steps: int,
-    steps_per_epoch: int,
-    load_universal: bool = False,
+    cfg: TrainConfig, env: DistEnv, model: nn.Module, schedule: LrSchedule, load_universal: bool = False
 ) -> Any:
     import deepspeed
 
     ds_config = to_deepspeed_config(cfg, env.world_size)
     if load_universal:  # DeepSpeed re-partitions a universal checkpoint at load time
         ds_config["checkpoint"] = {"load_universal": True}
-
-    peak_lr = scaled_lr(cfg, env.world_size)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule, peak_lr=peak_lr, total_steps=total_steps, steps_per_epoch=steps_per_epoch
-    )
+    optimizer = build_optimizer(model, cfg.optim, schedule.peak_lr)
+    scheduler = build_scheduler(optimizer, schedule)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -193,13 +184,23 @@ def _training_length(cfg: TrainConfig, loader: TrainLoader) -> tuple[int, int]:
     steps_per_epoch = loader.steps_per_epoch // accum
     if steps_per_epoch == 0:
         raise UserError(
-            f"one epoch has {loader.steps_per_epoch} micro batches per rank, fewer than "
+            f"one epoch has {loader.full_batches} micro batches per rank, fewer than "
             f"deepspeed.gradient_accumulation_steps={accum}; lower it or data.batch_size"
         )
     total = cfg.run.epochs * steps_per_epoch
     if cfg.run.max_steps is not None:
         total = min(total, cfg.run.max_steps)
     return total, steps_per_epoch
+
+
+def _length_from_here(cfg: TrainConfig, state: TrainState, loader: TrainLoader, steps_per_epoch: int) -> int:
+    """The run's last optimizer step, counted from where it stands: what is left of the current
+    epoch (after a resume on another world size, not a whole epoch's worth) and the later epochs."""
+    if state.epoch >= cfg.run.epochs:
+        return state.global_step
+    left = loader.batches_left(state.epoch) // cfg.deepspeed.gradient_accumulation_steps
+    total = state.global_step + left + (cfg.run.epochs - state.epoch - 1) * steps_per_epoch
+    return min(total, cfg.run.max_steps) if cfg.run.max_steps is not None else total
 
 
 def build_components(
@@ -217,23 +218,40 @@ def build_components(
         device_id=env.dali_device_id,
         superpixel_step="auto" if inputs.needs_superpixels else None,
         outputs=inputs.pipeline_outputs,
+        accum=cfg.deepspeed.gradient_accumulation_steps,
     )
     total_steps, steps_per_epoch = _training_length(cfg, train_loader)
+    layout = [env.world_size, cfg.data.batch_size, cfg.deepspeed.gradient_accumulation_steps]
+    schedule = LrSchedule(
+        cfg.schedule,
+        peak_lr=scaled_lr(cfg, env.world_size),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        layout=layout,
+    )
     load_universal = resume is not None and resume.universal_root is not None
-    engine, scheduler = _build_engine(cfg, env, model, total_steps, steps_per_epoch, load_universal)
+    engine, scheduler = _build_engine(cfg, env, model, schedule, load_universal)
     # The EMA copy is kept in fp32 whatever the training precision.
     ema = ModelEma(engine.module, cfg.optim.ema_decay).float() if cfg.optim.ema_decay else None
     mixup = _build_mixup(cfg, env)
     state, clock, rng, run_link = TrainState(), WallClock(), RngState(cfg.run.seed, env.rank), MlflowRunLink()
     ckpt.register_engine(engine)
     ckpt.register_all({"tracker": run_link, "train": state, "clock": clock, "ema": ema})
+    # Run-wide, so another world size finds them: the schedule and the data position.
+    ckpt.register_all({"schedule": schedule, "data_progress": train_loader.progress})
     ckpt.register_all({"data": train_loader, "rng": rng, "mixup": mixup}, per_rank=True)
     steps = CsvRecord(run_dir / STEPS_FILE, STEP_FIELDS, env.is_main)
     epochs = CsvRecord(run_dir / EPOCHS_FILE, EPOCH_FIELDS, env.is_main)
     _restore(ckpt, resume, state, rng, (steps, epochs))
+    total_steps = _length_from_here(cfg, state, train_loader, steps_per_epoch)
+    if schedule.saved_layout not in (None, layout):  # resumed on another layout: the lr goes on smoothly
+        schedule.rebase(state.global_step, total_steps)
+    changed_world = state.record_world_size(env.world_size)
     if env.is_main:
         (run_dir / CONFIG_FILE).write_text(resolved_yaml(cfg))
     tracker = _open_tracker(cfg, env, run_dir, tracking_uri, run_link, state, n_params, ckpt.resume_note)
+    if changed_world and len(state.world_sizes) > 1:
+        log.warning("the world size changed at step %d: %s", state.global_step, state.world_size_history())
     run_link.tracker = tracker
     _log_start(cfg, env, ckpt, n_params, total_steps, resume, state, tracker)
     if env.is_main and tracker.enabled and resume is None:
@@ -305,6 +323,7 @@ def _open_tracker(
             names.TAG_MODEL_NAME: cfg.model.name,
             names.TAG_RESUME_COUNT: state.resumes,
             "vigsp.world_size": env.world_size,
+            names.TAG_WORLD_SIZE_HISTORY: state.world_size_history(),
             "vigsp.config_hash": config_hash(cfg),
         }
     )

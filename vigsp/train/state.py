@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,18 @@ class TrainState:
     val_top1: float | None = None
     val_top5: float | None = None
     val_loss: float | None = None
+    # [first step, world size] of each stretch of the run on one world size (elastic resumes).
+    world_sizes: list[list[int]] = field(default_factory=list)
+
+    def record_world_size(self, world_size: int) -> bool:
+        """Note the world size this process trains on; whether it differs from the last one."""
+        if self.world_sizes and self.world_sizes[-1][1] == world_size:
+            return False
+        self.world_sizes.append([self.global_step, world_size])
+        return True
+
+    def world_size_history(self) -> str:
+        return ", ".join(f"{world} rank(s) from step {step}" for step, world in self.world_sizes)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
