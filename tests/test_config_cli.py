@@ -70,3 +70,9 @@ def test_through_the_vigsp_command(
     assert "  - optim.lrr: unknown key [from override 'optim.lrr=1']; did you mean 'optim.lr'?" in err
     assert "  - data.batch_size: expected an integer >= 1, got 'x' (a string)" in err
     assert "Traceback" not in err
+
+
+def test_min_nodes_above_nodes_is_refused_with_both_keys_named() -> None:
+    with pytest.raises(UserError, match=r"launch.min_nodes=3 is more than launch.nodes=2"):
+        load_config("quickstart", ["launch.nodes=2", "launch.min_nodes=3"])
+    assert load_config("quickstart", ["launch.nodes=2", "launch.min_nodes=1"]).launch.min_nodes == 1

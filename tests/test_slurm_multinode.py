@@ -6,6 +6,7 @@ must not notice whether its 2 ranks share a node or not.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,3 +204,56 @@ def test_a_node_killed_mid_run_is_requeued_and_the_run_finishes_once(
 
 def job_log(job: submitit.Job[TrainOutcome]) -> str:
     return "\n".join(f"{j.stdout() or ''}\n{j.stderr() or ''}" for j in (job._sub_jobs or [job]))
+
+
+def test_a_node_lost_for_good_resumes_on_the_node_left_with_every_step_once(
+    two_nodes: TwoNodes, data: SmallData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """launch.min_nodes=1: after its second node dies and stays down, the requeued job shrinks to the
+    one node left and resumes there on 1 rank (elastic resume), the interrupted epoch included."""
+    from vigsp.tracking.names import TAG_WORLD_SIZE_HISTORY
+
+    ws = two_nodes.directory / "shrink"
+    epochs = 12  # 10 steps per epoch on 2 ranks (160 images / 2 x 8), 20 on 1
+    # Checkpoints every 7 steps and none at epoch ends: the resume falls mid-epoch.
+    overrides = [
+        *data.overrides(), *RUN, f"run.epochs={epochs}", "run.eval_every=100", "checkpoint.every_n_steps=7",
+        "launch.min_nodes=1",
+    ]  # fmt: skip
+    done, job = submit_on_two_nodes(two_nodes, ws, overrides, monkeypatch)
+    job_id, run_dir = job.job_id, ws / "runs" / "r"
+    assert "2 node(s) x 1 rank(s)" in done.stdout and "down to 1 node(s) after a node failure" in done.stdout
+    deadline = time.monotonic() + 240
+    while last_step(run_dir) < 23:  # past the step-21 checkpoint
+        assert time.monotonic() < deadline and not job.done(force_check=True), job_log(job)
+        time.sleep(0.3)
+    killed = two_nodes.run(
+        str(REPO / "slurm" / "dev-cluster" / "kill-node.sh"), two_nodes.nodes[1], str(two_nodes.directory)
+    )
+    assert killed.returncode == 0, killed.stderr
+    deadline = time.monotonic() + 420
+    while (state := _job_field(two_nodes, job_id, "JobState")) != "COMPLETED":
+        assert state not in ("FAILED", "CANCELLED", "TIMEOUT"), f"{state}:\n{job_log(job)}"
+        assert time.monotonic() < deadline, (
+            f"still {state} 420 s after the kill:\n"
+            f"{two_nodes.run('scontrol', 'show', 'job', job_id).stdout}\n{job_log(job)[-3000:]}"
+        )
+        time.sleep(1)
+    assert _job_field(two_nodes, job_id, "Restarts") != "0"
+    assert _job_field(two_nodes, job_id, "NumNodes") == "1"  # the requeued job ran on the node left
+    shrunk = f"1 node(s) of its partition are up: job {job_id} resumes on 1 node(s) instead of 2"
+    assert shrunk in job_log(job)
+
+    log = (run_dir / "train.log").read_text()
+    resumed = [int(m) for m in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert resumed and resumed[-1] % 10, log[-3000:]  # a mid-epoch checkpoint
+    at = resumed[-1]
+    epoch, done_in_epoch = divmod(at, 10)
+    # The rest of that epoch on 1 rank (2 x 8-image steps per 2-rank step left), then whole epochs.
+    total = at + 2 * (10 - done_in_epoch) + (epochs - epoch - 1) * 20
+    assert [s[0] for s in read_steps(run_dir)] == list(range(1, total + 1))
+    _, run = one_mlflow_run(ws)
+    assert run.data.tags[TAG_WORLD_SIZE_HISTORY] == f"2 rank(s) from step 0, 1 rank(s) from step {at}"
+    assert run.info.status == "FINISHED"
+    started = two_nodes.run(str(REPO / "slurm" / "dev-cluster" / "start.sh"), str(two_nodes.directory))
+    assert started.returncode == 0, started.stderr  # the node back, for whatever runs next

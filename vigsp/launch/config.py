@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vigsp.config.section import Section
 
@@ -45,6 +45,13 @@ class LaunchConfig(Section):
     """Slurm resources for `vigsp submit` (one rank per GPU, or tasks_per_node ranks on CPU)."""
 
     nodes: int = Field(1, ge=1)
+    min_nodes: int | None = Field(
+        None,
+        ge=1,
+        description="after a node failure, when fewer than `nodes` nodes of the partition are up, the "
+        "requeued job shrinks to those (not below this) and resumes on that world size (elastic "
+        "resume); null = it waits for `nodes` nodes",
+    )
     gpus_per_node: int = Field(1, ge=0, description="0 = CPU-only ranks")
     tasks_per_node: int | None = Field(None, ge=1, description="ranks per node; null = gpus_per_node (>= 1)")
     partition: str | None = None
@@ -66,6 +73,12 @@ class LaunchConfig(Section):
     extra_sbatch: dict[str, str | int | bool] = Field(
         default_factory=dict, description="more sbatch options, e.g. {reservation: foo, exclusive: true}"
     )
+
+    @model_validator(mode="after")
+    def _min_nodes_within_nodes(self) -> LaunchConfig:
+        if self.min_nodes is not None and self.min_nodes > self.nodes:
+            raise ValueError(f"launch.min_nodes={self.min_nodes} is more than launch.nodes={self.nodes}")
+        return self
 
     @field_validator("time")
     @classmethod

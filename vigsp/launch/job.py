@@ -107,9 +107,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         workdir: str | None = None,
         train: TrainFunction | None = None,
         node_failure_wait_s: float = 90,
+        min_nodes: int | None = None,
     ) -> None:
         self.config = config
         self.node_failure_wait_s = node_failure_wait_s
+        self.min_nodes = min_nodes
         self.overrides = list(overrides)
         self.tracking_uri = tracking_uri
         self.workdir = workdir or os.getcwd()
@@ -129,7 +131,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             outcome = train(self.config, self.overrides, tracking_uri=self.tracking_uri)
         except RuntimeError as err:  # torch.distributed's errors, a vanished peer's among them
             wait_s = self.node_failure_wait_s if dist.world_size > 1 else 0
-            if wait_s > 0 and requeue_after_node_failure(err, wait_s):
+            if wait_s > 0 and requeue_after_node_failure(err, wait_s, self.min_nodes):
                 sys.exit(0)  # no result file: the requeued run writes the only results
             raise
         if outcome.status == "stopped":

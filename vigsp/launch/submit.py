@@ -36,6 +36,7 @@ __all__ = ["Submission", "add_arguments", "make_executor", "memory_gb", "run", "
 # flag -> (launch key, type, metavar, help). Each becomes the override launch.KEY=VALUE.
 _LAUNCH_FLAGS: dict[str, tuple[str, type, str, str]] = {
     "--nodes": ("nodes", int, "N", "number of nodes"),
+    "--min-nodes": ("min_nodes", int, "N", "after a node failure, resume on as few as this many nodes"),
     "--gpus-per-node": ("gpus_per_node", int, "G", "GPUs per node; one rank per GPU unless --tasks-per-node"),
     "--tasks-per-node": ("tasks_per_node", int, "T", "ranks per node (CPU runs: e.g. 2)"),
     "--partition": ("partition", str, "P", "Slurm partition (default: the cluster's default)"),
@@ -201,6 +202,11 @@ def make_executor(launch: LaunchConfig, folder: Path, *, local: bool, name: str)
         # A rank that fails ends the job instead of leaving its peers hung in a collective.
         "slurm_srun_args": ["--kill-on-bad-exit=1"],
     }
+    if launch.min_nodes is not None:
+        # A job shrunk after a node failure (vigsp/launch/node_failure.py) keeps the task count of
+        # its submission in its environment, and srun would ask for that many: derive it anew.
+        tasks = f"$((SLURM_JOB_NUM_NODES * {launch.ranks_per_node}))"
+        parameters["slurm_setup"] = [f"export SLURM_NTASKS={tasks} SLURM_NPROCS={tasks}"]
     if launch.gpus_per_node:  # --gpus-per-node=0 is an error on clusters without GPU gres
         parameters["gpus_per_node"] = launch.gpus_per_node
     if launch.extra_sbatch:
@@ -282,6 +288,7 @@ def submit(
             workdir=workdir,
             train=train,
             node_failure_wait_s=entry.cfg.launch.node_failure_wait_s,
+            min_nodes=entry.cfg.launch.min_nodes,
         )
         planned.append((entry, uri, job))
     try:
@@ -318,7 +325,8 @@ def describe(sub: Submission) -> str:
         [
             f"job {sub.job.job_id}: run {sub.entry.cfg.run.name} on {sub.where}, {launch.nodes} node(s) x "
             f"{launch.ranks_per_node} rank(s), {launch.gpus_per_node} GPU(s) per node, "
-            f"time {format_minutes(launch.timeout_min)}",
+            f"time {format_minutes(launch.timeout_min)}"
+            + (f"; down to {launch.min_nodes} node(s) after a node failure" if launch.min_nodes else ""),
             f"  run dir: {sub.run_dir}",
             f"  mlflow:  {sub.tracking_uri} (experiment {sub.experiment})",
             f"  stdout:  {stdout}",
