@@ -10,6 +10,9 @@ step count, the schedule's step and the training position.
 
 from __future__ import annotations
 
+import csv
+import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ import torch
 
 from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
 from tests.fixtures.tiny_training import RUN, data_fixture  # noqa: F401 (fixture)
-from tests.fixtures.training import REPO, RankGroup, SmallData, read_steps
+from tests.fixtures.training import REPO, RankGroup, SmallData, last_step, read_steps, small_data, wait_for
+from vigsp.train.outcome import REQUEUE_EXIT_CODE
 from vigsp.train.reshard import UNIVERSAL
 
 pytestmark = [pytest.mark.distributed, pytest.mark.dali, pytest.mark.slow]
@@ -58,7 +62,7 @@ def _assert_same_state(resharded: dict, plain: dict) -> None:
             assert got.dtype == expected.dtype and torch.equal(got, expected), f"{name} {kind} differs"
 
 
-@pytest.mark.parametrize(("stage", "written_by", "resumed_on"), [(2, 2, 1), (1, 1, 2)])
+@pytest.mark.parametrize(("stage", "written_by", "resumed_on"), [(2, 2, 1), (2, 1, 2), (1, 1, 2)])
 def test_sharded_checkpoint_resumes_on_another_world_size_with_identical_state(
     data: SmallData, tmp_path: Path, stage: int, written_by: int, resumed_on: int
 ) -> None:
@@ -80,14 +84,41 @@ def test_sharded_checkpoint_resumes_on_another_world_size_with_identical_state(
     _assert_same_state(again, plain)
 
 
-def test_zero2_run_continues_on_fewer_ranks_and_back(data: SmallData, tmp_path: Path) -> None:
-    """2 ranks -> 1 -> 2, each leg a real training: steps continue with none lost or repeated."""
+def test_zero2_stopped_mid_epoch_on_2_ranks_then_1_then_2_trains_each_image_once(
+    fashion_mnist,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """Stopped mid-epoch on 2 ranks, resumed on 1 and stopped again inside the same epoch, then
+    finished on 2: the sample indices every rank recorded (run.record_samples) cover the epoch's
+    images each exactly once; steps run on with none lost or repeated; the loss keeps decreasing."""
+    data = small_data(fashion_mnist.out, tmp_path / "lists", 40, 5)  # 400 images: 25 steps on 2 ranks
     run_dir = tmp_path / "runs" / "r"
-    legs = [(WRITTEN_AT, 2), (12, 1), (16, 2)]  # (run.max_steps, ranks)
-    for max_steps, world in legs:
-        final = _run(tmp_path, _overrides(data, 2, "run.epochs=5", f"run.max_steps={max_steps}"), world)
-    steps = [s[0] for s in read_steps(run_dir)]
-    assert steps == list(range(1, 17)), steps
+    overrides = _overrides(
+        data, 2, "run.epochs=1", "run.record_samples=true", "checkpoint.every_n_steps=1000"
+    )
+
+    def stopped_after(world: int, step: int) -> int:
+        group = RankGroup(tmp_path, "tiny_test", overrides, world=world)
+        wait_for(lambda: last_step(run_dir) >= step, 240, f"step {step}", group)
+        group.signal(signal.SIGUSR2)
+        assert group.wait() == [REQUEUE_EXIT_CODE] * world, group.output(0)[-3000:]
+        return last_step(run_dir)
+
+    first = stopped_after(2, 3)
+    second = stopped_after(1, first + 4)  # the epoch's rest takes 2 x (25 - first) one-rank steps
+    assert second < first + 2 * (25 - first), "the second stop came after the epoch's end"
+    final = _run(tmp_path, overrides, 2)
     assert "with 2 ranks instead of 1" in final.output(0)
-    for step in (WRITTEN_AT, 12):  # each tag that another world size resumed holds its universal copy
-        assert (run_dir / "checkpoints" / f"step_{step:08d}" / UNIVERSAL / "COMPLETE").is_file()
+
+    rows = read_steps(run_dir)
+    steps = [r[0] for r in rows]
+    assert steps == list(range(1, len(steps) + 1))
+    trained: Counter[int] = Counter()
+    for path in sorted((run_dir / "samples").glob("rank_*.csv")):
+        with path.open(newline="") as src:
+            trained.update(int(i) for row in csv.DictReader(src) for i in row["samples"].split())
+    assert trained == Counter(range(400)), "images trained twice or never: " + str(
+        {i: n for i, n in trained.items() if n != 1} or sorted(set(range(400)) - set(trained))[:20]
+    )
+    losses = [float(r[2]) for r in rows]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2, losses

@@ -350,12 +350,13 @@ def wait(submissions: list[Submission], poll_s: float = 2.0, follow: bool = Fals
             if follower is not None:
                 follower.poll()
             try:
-                results = sub.job.results()
+                # Rank 0's result: every rank's would also wait for tasks that a job shrunk after a
+                # node failure (launch.min_nodes) no longer has. A rank that fails takes rank 0 along.
+                outcome = sub.job.task(0).result()
             except Exception as err:  # the job's traceback, as submitit gathered it
                 failed += 1
                 print(f"job {sub.job.job_id} ({sub.entry.cfg.run.name}) failed:\n{err}", file=sys.stderr)
                 continue
-            outcome = results[0]
             print(
                 f"job {sub.job.job_id} ({sub.entry.cfg.run.name}): {outcome.status} at step "
                 f"{outcome.global_step}, MLflow run {outcome.mlflow_run_id} in {outcome.tracking_uri}"

@@ -32,6 +32,11 @@ class RunConfig(Section):
     )
     log_every: int = Field(50, ge=1, description="log training metrics every N optimizer steps")
     eval_every: int = Field(1, ge=1, description="evaluate on the validation set every N epochs")
+    record_samples: bool = Field(
+        False,
+        description="write samples/rank_NNNNN.csv: the training-split indices each rank trained at each "
+        "step, to audit the data order (an elastic resume's, say); cut back to the checkpoint on resume",
+    )
 
     @property
     def directory(self) -> Path:

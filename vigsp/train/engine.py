@@ -52,6 +52,7 @@ class Trainer:
         self.images_per_step = cfg.data.batch_size * self.accum
         self.dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
         self.lr = 0.0  # the learning rate of the step being trained
+        self.step_samples: list[int] = []  # training-split indices of the step being trained
 
     # ---- the run -------------------------------------------------------------------------------
 
@@ -131,6 +132,8 @@ class Trainer:
         self.lr = self.c.scheduler.get_last_lr()[0]  # before DeepSpeed's step moves the schedule on
         self.c.engine.step()
         self.c.meters.add_micro_batch(loss)
+        if self.c.samples.enabled:
+            self.step_samples += batch.index.tolist()  # a CPU tensor: no device sync
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()
@@ -144,6 +147,10 @@ class Trainer:
         if self.c.ema is not None:
             self.c.ema.update(self.c.engine.module)
         meters.end_step(state.global_step, state.epoch, self.lr)
+        if self.c.samples.enabled:
+            ids = " ".join(map(str, self.step_samples))
+            self.c.samples.append({"step": state.global_step, "epoch": state.epoch, "samples": ids})
+            self.step_samples = []
         if state.global_step % self.cfg.run.log_every == 0:
             self._log_interval()
         data_s = meters.interval.data_s / max(meters.steps_in_interval(), 1)

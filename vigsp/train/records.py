@@ -1,4 +1,5 @@
-"""Plain-text records in the run directory: steps.csv (every optimizer step) and epochs.csv.
+"""Plain-text records in the run directory: steps.csv (every optimizer step) and epochs.csv, and
+with run.record_samples, samples/rank_NNNNN.csv (what each rank trained at each step).
 
 Both are appended by rank 0 and flushed per row, so they survive a SIGKILL. On resume they
 are cut back to the checkpoint, so a resumed run's files read as one uninterrupted run.
@@ -14,7 +15,9 @@ from typing import Any
 
 STEPS_FILE = "steps.csv"
 EPOCHS_FILE = "epochs.csv"
+SAMPLES_DIR = "samples"  # rank_NNNNN.csv per rank, with run.record_samples
 STEP_FIELDS = ("step", "epoch", "loss", "lr")
+SAMPLE_FIELDS = ("step", "epoch", "samples")  # samples: the step's training-split indices, space-separated
 EPOCH_FIELDS = (
     "epoch",
     "step",
@@ -56,6 +59,10 @@ class CsvRecord:
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
+
+    def create_directory(self) -> None:
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def read(self) -> list[dict[str, str]]:
         if not self.path.is_file():

@@ -34,7 +34,15 @@ from vigsp.train.lease import RunLease
 from vigsp.train.meters import TrainMeters
 from vigsp.train.mixup import Mixup
 from vigsp.train.optim import LrSchedule, build_optimizer, build_scheduler
-from vigsp.train.records import EPOCH_FIELDS, EPOCHS_FILE, STEP_FIELDS, STEPS_FILE, CsvRecord
+from vigsp.train.records import (
+    EPOCH_FIELDS,
+    EPOCHS_FILE,
+    SAMPLE_FIELDS,
+    SAMPLES_DIR,
+    STEP_FIELDS,
+    STEPS_FILE,
+    CsvRecord,
+)
 from vigsp.train.reshard import optimizer_is_sharded, universal_copy
 from vigsp.train.state import RngState, TrainState, WallClock
 
@@ -54,6 +62,7 @@ class Components:
     clock: WallClock
     steps: CsvRecord
     epochs: CsvRecord
+    samples: CsvRecord  # this rank's (run.record_samples)
     meters: TrainMeters
     engine: Any  # deepspeed.DeepSpeedEngine
     scheduler: Any
@@ -242,7 +251,14 @@ def build_components(
     ckpt.register_all({"data": train_loader, "rng": rng, "mixup": mixup}, per_rank=True)
     steps = CsvRecord(run_dir / STEPS_FILE, STEP_FIELDS, env.is_main)
     epochs = CsvRecord(run_dir / EPOCHS_FILE, EPOCH_FIELDS, env.is_main)
+    samples = CsvRecord(
+        run_dir / SAMPLES_DIR / f"rank_{env.rank:05d}.csv", SAMPLE_FIELDS, cfg.run.record_samples
+    )
+    samples.create_directory()
     _restore(ckpt, resume, state, rng, (steps, epochs))
+    if env.is_main and resume is not None:  # every world size's rank files, not only this one's
+        for path in sorted((run_dir / SAMPLES_DIR).glob("rank_*.csv")):
+            CsvRecord(path, SAMPLE_FIELDS, True).truncate("step", state.global_step)
     total_steps = _length_from_here(cfg, state, train_loader, steps_per_epoch)
     if schedule.saved_layout not in (None, layout):  # resumed on another layout: the lr goes on smoothly
         schedule.rebase(state.global_step, total_steps)
@@ -264,6 +280,7 @@ def build_components(
         clock=clock,
         steps=steps,
         epochs=epochs,
+        samples=samples,
         meters=TrainMeters(cfg.deepspeed.gradient_accumulation_steps),
         engine=engine,
         scheduler=scheduler,
