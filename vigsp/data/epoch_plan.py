@@ -24,7 +24,7 @@ trains ``micro_batches`` batches of its shard.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -108,7 +108,7 @@ def continuation(pool: np.ndarray, tail: np.ndarray, layout: Layout) -> tuple[Se
     whole = micro // layout.accum * layout.accum  # whole optimizer steps only
     plan = SegmentPlan(pool, layout, whole, partial=True)
     untrained = len(pool) - sum(len(plan.trained(r)) for r in range(world))
-    return SegmentPlan(pool, layout, whole, partial=True, dropped=dropped + untrained), tail
+    return replace(plan, dropped=dropped + untrained), tail
 
 
 def current_segment(order: np.ndarray, history: list[Segment], layout: Layout) -> SegmentPlan:

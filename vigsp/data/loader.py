@@ -344,6 +344,7 @@ class TrainLoader(_Loader):
             "history": [s.to_list() for s in self._history],
             "step": self._step,
             "fingerprint": self._fingerprint(),
+            "layout": list(astuple(self.layout)),
         }
 
     def _restore_position(self, state: dict[str, Any]) -> bool:
@@ -383,7 +384,6 @@ class TrainLoader(_Loader):
         return {
             "version": STATE_VERSION,
             **self._position(),
-            "layout": list(astuple(self.layout)),
             "dali": base64.b64encode(dali).decode("ascii") if dali else None,  # bytes -> JSON-safe
         }
 
@@ -396,7 +396,7 @@ class _RunWideProgress:
         self.loader = loader
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.loader._position(), "layout": list(astuple(self.loader.layout))}
+        return self.loader._position()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader._restore_position(state)

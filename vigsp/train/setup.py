@@ -9,7 +9,7 @@ restored, so that every generator continues from where the checkpoint left it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class Components:
     val_loader: EvalLoader
     tracker: Any  # vigsp.tracking.Tracker
     total_steps: int
-    steps_per_epoch: int
 
 
 class MlflowRunLink:
@@ -140,7 +139,7 @@ def _checkpoints(
         return ckpt, ResumePoint(tag_dir)
     log.warning(
         "resuming %s with %d ranks instead of %d: weights and optimizer carry over; the "
-        "interrupted epoch's data order is redrawn for the new world size",
+        "interrupted epoch goes on with the images no rank had taken",
         tag_dir,
         env.world_size,
         world,
@@ -212,6 +211,24 @@ def _length_from_here(cfg: TrainConfig, state: TrainState, loader: TrainLoader, 
     return min(total, cfg.run.max_steps) if cfg.run.max_steps is not None else total
 
 
+def _continue_from_here(
+    cfg: TrainConfig,
+    env: DistEnv,
+    state: TrainState,
+    loader: TrainLoader,
+    schedule: LrSchedule,
+    steps_per_epoch: int,
+) -> int:
+    """After the restore: the run's last step, the lr schedule continued onto it when the layout
+    changed, and the world size noted (and logged when it changed). Returns the last step."""
+    total_steps = _length_from_here(cfg, state, loader, steps_per_epoch)
+    if schedule.saved_layout not in (None, schedule.layout):  # resumed on another layout
+        schedule.rebase(state.global_step, total_steps)
+    if state.record_world_size(env.world_size) and len(state.world_sizes) > 1:
+        log.warning("the world size changed at step %d: %s", state.global_step, state.world_size_history())
+    return total_steps
+
+
 def build_components(
     cfg: TrainConfig, env: DistEnv, tracking_uri: str | None, lease: RunLease | None = None
 ) -> Components:
@@ -230,13 +247,12 @@ def build_components(
         accum=cfg.deepspeed.gradient_accumulation_steps,
     )
     total_steps, steps_per_epoch = _training_length(cfg, train_loader)
-    layout = [env.world_size, cfg.data.batch_size, cfg.deepspeed.gradient_accumulation_steps]
     schedule = LrSchedule(
         cfg.schedule,
         peak_lr=scaled_lr(cfg, env.world_size),
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
-        layout=layout,
+        layout=list(astuple(train_loader.layout)),
     )
     load_universal = resume is not None and resume.universal_root is not None
     engine, scheduler = _build_engine(cfg, env, model, schedule, load_universal)
@@ -256,18 +272,10 @@ def build_components(
     )
     samples.create_directory()
     _restore(ckpt, resume, state, rng, (steps, epochs))
-    if env.is_main and resume is not None:  # every world size's rank files, not only this one's
-        for path in sorted((run_dir / SAMPLES_DIR).glob("rank_*.csv")):
-            CsvRecord(path, SAMPLE_FIELDS, True).truncate("step", state.global_step)
-    total_steps = _length_from_here(cfg, state, train_loader, steps_per_epoch)
-    if schedule.saved_layout not in (None, layout):  # resumed on another layout: the lr goes on smoothly
-        schedule.rebase(state.global_step, total_steps)
-    changed_world = state.record_world_size(env.world_size)
+    total_steps = _continue_from_here(cfg, env, state, train_loader, schedule, steps_per_epoch)
     if env.is_main:
         (run_dir / CONFIG_FILE).write_text(resolved_yaml(cfg))
     tracker = _open_tracker(cfg, env, run_dir, tracking_uri, run_link, state, n_params, ckpt.resume_note)
-    if changed_world and len(state.world_sizes) > 1:
-        log.warning("the world size changed at step %d: %s", state.global_step, state.world_size_history())
     run_link.tracker = tracker
     _log_start(cfg, env, ckpt, n_params, total_steps, resume, state, tracker)
     if env.is_main and tracker.enabled and resume is None:
@@ -290,7 +298,6 @@ def build_components(
         val_loader=val_loader,
         tracker=tracker,
         total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -301,7 +308,7 @@ def _restore(
     rng: RngState,
     records: tuple[CsvRecord, CsvRecord],
 ) -> None:
-    """Every registered state from ``resume``, and the step/epoch records cut back to it."""
+    """Every registered state from ``resume``, and the step/epoch/sample records cut back to it."""
     if resume is None:
         rng.reseed(0)
         return
@@ -311,6 +318,9 @@ def _restore(
     steps, epochs = records
     steps.truncate("step", state.global_step)
     epochs.truncate("epoch", state.last_eval_epoch)
+    if steps.enabled:  # rank 0: every world size's sample files, not only this world's ranks'
+        for path in sorted((steps.path.parent / SAMPLES_DIR).glob("rank_*.csv")):
+            CsvRecord(path, SAMPLE_FIELDS, True).truncate("step", state.global_step)
 
 
 def _open_tracker(
