@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("vigsp.viz", "render images with their superpixels and graph to a PNG"),
     "compare": ("vigsp.compare", "compare MLflow runs in a table and a curves PNG"),
     "config": ("vigsp.config.cli", "show a resolved run config, list configs, document keys"),
+    "eval": ("vigsp.inference.eval_cli", "evaluate a trained model: top-1/top-5, per-class table, confusion"),
     "submit": ("vigsp.launch.submit", "submit training (or a sweep) to Slurm through submitit"),
 }
 

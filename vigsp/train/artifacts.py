@@ -1,5 +1,5 @@
-"""What rank 0 uploads to MLflow besides metrics: a superpixel overlay at the start (from the
-first validation batch); the curves, the per-epoch CSV and the final weights at the end.
+"""What rank 0 writes and uploads besides metrics: a superpixel overlay at the start (from the
+first validation batch); the exported model, the curves and the per-epoch CSV at the end.
 Failures here lose a picture, never the run."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from vigsp.config.schema import TrainConfig
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 OVERLAY_FILE = "superpixels.png"
 OVERLAY_DATA_FILE = "superpixels.npz"
 CURVES_FILE = "curves.png"
-FINAL_WEIGHTS = "final_model.pt"
+EXPORTED_ARTIFACT_PATH = "vigsp_model"  # the exported model folder, in the MLflow run
 
 
 def first_batch_graphs(
@@ -91,7 +90,32 @@ def plot_curves(epochs: CsvRecord, out: Path) -> Path | None:
     return out
 
 
-def log_final(tracker: Any, run_dir: Path, module: nn.Module, ema: Any, epochs: CsvRecord) -> None:
+def export_final(
+    run_dir: Path, cfg: TrainConfig, module: nn.Module, ema: Any, classes: tuple[str, ...], state: Any
+) -> Path | None:
+    """Rank 0: the exported model (``run_dir/model/``: safetensors weights, config, classes), what
+    `vigsp eval`/`predict` and the MLflow model read. A failure costs the export, not the run:
+    the checkpoints still hold the weights."""
+    from vigsp.inference.exported import EXPORT_DIR, write_exported
+
+    try:
+        return write_exported(
+            run_dir / EXPORT_DIR,
+            cfg,
+            classes,
+            module.state_dict(),
+            ema.state_dict() if ema is not None else None,
+            step=state.global_step,
+            epoch=state.epoch,
+            val_top1=state.val_top1,
+            val_top5=state.val_top5,
+        )
+    except Exception as err:
+        log.warning("no exported model in %s: %s", run_dir / EXPORT_DIR, err)
+        return None
+
+
+def log_final(tracker: Any, epochs: CsvRecord, exported: Path | None, run_dir: Path) -> None:
     if not tracker.enabled:
         return
     try:
@@ -100,11 +124,9 @@ def log_final(tracker: Any, run_dir: Path, module: nn.Module, ema: Any, epochs: 
             tracker.log_artifact(curves, "figures")
         if epochs.path.is_file():
             tracker.log_artifact(epochs.path)
-        weights = run_dir / FINAL_WEIGHTS
-        state = {"model": {k: v.detach().float().cpu() for k, v in module.state_dict().items()}}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        torch.save(state, weights)
-        tracker.log_artifact(weights, "model")
+        if exported is not None:
+            for path in sorted(exported.iterdir()):
+                if not path.name.startswith("."):
+                    tracker.log_artifact(path, EXPORTED_ARTIFACT_PATH)
     except Exception as err:
         log.warning("final artifacts not logged: %s", err)

@@ -30,6 +30,7 @@ from vigsp.train import artifacts
 from vigsp.train.distributed import DistEnv, all_reduce_sum, any_rank
 from vigsp.train.evaluate import evaluate
 from vigsp.train.lease import RunLease
+from vigsp.train.norm_sync import average_running_statistics
 from vigsp.train.outcome import TrainOutcome
 from vigsp.train.progress import Progress
 from vigsp.train.setup import build_components
@@ -73,7 +74,11 @@ class Trainer:
             if outcome.status == "stopped":
                 c.tracker.finish(RunEnd.REQUEUED)
             else:
-                artifacts.log_final(c.tracker, c.run_dir, c.engine.module, c.ema, c.epochs)
+                exported = None
+                if self.env.is_main:
+                    module, classes = c.engine.module, c.train_loader.classes
+                    exported = artifacts.export_final(c.run_dir, self.cfg, module, c.ema, classes, self.state)
+                artifacts.log_final(c.tracker, c.epochs, exported, c.run_dir)
         outcome.mlflow_run_id = c.tracker.run_id
         outcome.tracking_uri = c.tracker.tracking_uri if c.tracker.enabled else None
         return outcome
@@ -182,8 +187,15 @@ class Trainer:
         )
         self.c.meters.new_interval()
 
+    def _average_norm_statistics(self) -> None:
+        """Before an evaluation or a save: one set of BatchNorm statistics for every rank (norm_sync.py)."""
+        average_running_statistics(self.c.engine.module, self.env)
+        if self.c.ema is not None:
+            average_running_statistics(self.c.ema.module, self.env)
+
     def _evaluate(self) -> tuple[dict[str, float], float | None]:
         c = self.c
+        self._average_norm_statistics()
         metrics = evaluate(c.engine.module, c.val_loader, self._to_inputs, self.env)
         if c.ema is None:
             return metrics, None
@@ -250,6 +262,7 @@ class Trainer:
 
     def _save(self, best_top1: float | None = None) -> Path:
         self._record_steps()  # steps.csv covers every step the checkpoint does
+        self._average_norm_statistics()  # the checkpoint holds rank 0's module: the one every rank has
         return self.c.ckpt.save(self.state.global_step, best_top1=best_top1, epoch=self.state.epoch)
 
     def _stop(self) -> TrainOutcome:
