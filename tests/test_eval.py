@@ -1,4 +1,4 @@
-"""``vigsp eval`` on a real trained run: the tiny 2-rank Fashion-MNIST run of the engine tests,
+"""``vigsp eval`` on a real trained run: the tiny 2-rank Fashion-MNIST run (tests/fixtures/trained_run.py),
 evaluated through the real DALI eval pipeline on 1 and 2 ranks (torchrun), logged to the run's
 own MLflow store, and refusing what it must refuse (weights that would run code, a damaged
 checkpoint, EMA weights a run never kept)."""
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.datasets import fashion_mnist  # noqa: F401 (fixture)
-from tests.fixtures.tiny_training import data_fixture, finish, train  # noqa: F401 (fixture)
+from tests.fixtures.tiny_training import data_fixture  # noqa: F401 (fixture)
+from tests.fixtures.trained_run import trained_fixture  # noqa: F401 (fixture)
 from tests.test_inference_weights import hostile_weights
 
 pytestmark = [pytest.mark.dali, pytest.mark.distributed, pytest.mark.slow]
@@ -39,14 +40,6 @@ def vigsp_eval(cwd: Path, *args: str, ranks: int = 1, expect: int = 0) -> subpro
     )
     assert done.returncode == expect, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr[-6000:]}"
     return done
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory) -> Path:
-    """A finished 2-rank run (2 epochs, 20 steps) with its embedded MLflow store in cwd."""
-    cwd = tmp_path_factory.mktemp("trained")
-    finish(train(cwd, data))
-    return cwd
 
 
 def _last_epoch(run_dir: Path) -> dict[str, str]:

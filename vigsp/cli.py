@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("vigsp.compare", "compare MLflow runs in a table and a curves PNG"),
     "config": ("vigsp.config.cli", "show a resolved run config, list configs, document keys"),
     "eval": ("vigsp.inference.eval_cli", "evaluate a trained model: top-1/top-5, per-class table, confusion"),
+    "predict": ("vigsp.inference.predict_cli", "classify images with a trained model (no DALI needed)"),
     "submit": ("vigsp.launch.submit", "submit training (or a sweep) to Slurm through submitit"),
 }
 

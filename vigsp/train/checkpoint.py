@@ -178,7 +178,7 @@ class CheckpointManager:
     @staticmethod
     def read_meta(tag_dir: Path) -> dict[str, Any]:
         """What ``tag_dir`` was written by: {"config": resolved config dict, "world_size": W}."""
-        return torch.load(tag_dir / META_FILE, weights_only=False)
+        return torch.load(tag_dir / META_FILE, weights_only=True)
 
     def remove_incomplete(self) -> None:
         """Half-written tags from a process killed during a save (rank 0, before anything else).
