@@ -52,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--new-run", action="store_true", help="log into a new MLflow run linked to the model's"
     )
     parser.add_argument("--no-mlflow", action="store_true", help="write the report files only")
+    parser.add_argument(
+        "--log-model",
+        action="store_true",
+        help="also log the evaluated weights as an MLflow pyfunc model (runs:/ID/model_<weights>)",
+    )
+    parser.add_argument(
+        "--register", metavar="NAME", default=None, help="register that model as a new version of NAME"
+    )
 
 
 def _dataset(args: argparse.Namespace, cfg: TrainConfig) -> tuple[DataConfig, str]:
@@ -95,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     from vigsp.inference.evaluation import gather_predictions, predict_batches, summarize
     from vigsp.inference.source import resolve_model
     from vigsp.train.logs import FORMAT
+
+    if (args.log_model or args.register) and args.no_mlflow:
+        raise UserError("--log-model and --register log to MLflow: drop --no-mlflow")
 
     env = _init_ranks()
     logging.basicConfig(
@@ -162,3 +173,11 @@ def _report(
     uri = args.tracking_uri or ref.tracking_uri or resolve_tracking_uri(None)
     run_id = log_evaluation(ref, uri, summary, dataset, files, source.kind, new_run=args.new_run)
     print(f"logged to MLflow run {run_id} at {uri} (metrics eval/{name}/*)", file=sys.stderr)
+    if args.log_model or args.register:
+        from vigsp.inference.eval_tracking import log_evaluated_model
+
+        into_training = not args.new_run
+        model_uri = log_evaluated_model(
+            source, uri, run_id, index, summary, dataset, args.register, into_training
+        )
+        print(f"MLflow model: {model_uri}", file=sys.stderr)

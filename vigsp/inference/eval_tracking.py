@@ -16,7 +16,7 @@ import xxhash
 from vigsp.data.folders import ImageIndex
 from vigsp.errors import UserError
 from vigsp.inference.evaluation import EvalSummary
-from vigsp.inference.source import MlflowRunRef
+from vigsp.inference.source import MlflowRunRef, ModelSource
 
 TAG_EVALUATES = "vigsp.evaluates_run"
 TAG_EVAL_WEIGHTS = "vigsp.eval.weights"
@@ -93,3 +93,57 @@ def log_evaluation(
     except OSError as err:
         raise UserError(f"the evaluation was not logged to MLflow at {tracking_uri}: {err}") from None
     return run_id
+
+
+def log_evaluated_model(
+    source: ModelSource,
+    tracking_uri: str,
+    run_id: str,
+    index: ImageIndex,
+    summary: EvalSummary,
+    dataset: DatasetInfo,
+    register_as: str | None,
+    into_training_run: bool,
+) -> str:
+    """The evaluated weights as an MLflow pyfunc model in run ``run_id`` (``model`` in a new run,
+    ``model_<weights>`` beside the training's own ``model``), registered as a new version of
+    ``register_as`` tagged with this evaluation. Returns the model's URI."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from vigsp.inference.exported import write_exported
+    from vigsp.inference.pyfunc_model import save_pyfunc
+    from vigsp.tracking.models import MODEL_ARTIFACT_PATH, log_model_folder
+    from vigsp.tracking.store import open_client
+
+    kind = "ema" if source.kind == "ema" else "final"  # the precision of the weights goes with them
+    stored = {
+        "weights": source.weights if kind == "final" else None,
+        "ema": source.weights if kind == "ema" else None,
+    }
+    artifact_path = f"{MODEL_ARTIFACT_PATH}_{source.kind}" if into_training_run else MODEL_ARTIFACT_PATH
+    tags = {
+        f"eval/{dataset.name}/top1": str(summary.top1),
+        f"eval/{dataset.name}/top5": str(summary.top5),
+        "dataset_digest": dataset.digest,
+        "weights": source.kind,
+        "step": str(source.step) if source.step is not None else "",
+    }
+    with tempfile.TemporaryDirectory(prefix="vigsp-model-") as tmp:
+        exported = write_exported(
+            Path(tmp) / "model", source.cfg, source.classes, **stored, step=source.step, origin=source.origin
+        )
+        example = index.path(0).read_bytes() if len(index) else None
+        folder = save_pyfunc(exported, Path(tmp) / "mlflow_model", example, weights=kind, step=source.step)
+        try:
+            version = log_model_folder(
+                open_client(tracking_uri), run_id, folder, artifact_path, register_as, tags
+            )
+        except MlflowException as err:
+            raise UserError(
+                f"the model was not logged to MLflow run {run_id} at {tracking_uri}: {err.message}"
+            ) from None
+    if version is not None:
+        return f"models:/{version.name}/{version.version}"
+    return f"runs:/{run_id}/{artifact_path}"

@@ -41,11 +41,12 @@ def write_exported(
     out: Path,
     cfg: TrainConfig,
     classes: tuple[str, ...],
-    weights: dict[str, Tensor],
+    weights: dict[str, Tensor] | None,
     ema: dict[str, Tensor] | None = None,
     **info: Any,
 ) -> Path:
-    """The exported model in ``out``; ``info`` (step, val_top1, ...) goes into model.json."""
+    """The exported model in ``out`` (final weights, EMA weights, or both); ``info`` (step,
+    val_top1, ...) goes into model.json."""
     from vigsp.config import resolved_yaml
 
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,12 @@ class ExportedModel:
                 f"the model in {self.root} has no {kind!r} weights (it has {', '.join(self.kinds)}); "
                 f"choose --weights {' or '.join(self.kinds)}"
             )
-        return load_weights(self.root / self.info["weights"][kind])
+        name = self.info["weights"][kind]
+        if not isinstance(name, str) or Path(name).name != name:  # a file beside model.json, nothing else
+            raise UserError(
+                f"{self.root / INFO_FILE} names weights file {name!r}: expected a file name in {self.root}"
+            )
+        return load_weights(self.root / name)
 
 
 def read_classes(path: Path) -> tuple[str, ...]:

@@ -146,7 +146,7 @@ def _run_classes(run_dir: Path, cfg: TrainConfig) -> tuple[str, ...]:
     return resolve_classes(cfg.data)  # an unfinished run: its data config names the classes
 
 
-def _exported_source(
+def exported_source(
     model: ExportedModel,
     kind: str,
     origin: str,
@@ -170,7 +170,7 @@ def from_run_dir(run_dir: Path, kind: str) -> ModelSource:
     exported = run_dir / EXPORT_DIR
     if kind in ("final", "ema") and is_exported(exported):
         model = read_exported(exported)
-        return _exported_source(model, kind, str(exported), run_dir, ref)
+        return exported_source(model, kind, str(exported), run_dir, ref)
     cfg = load_config(run_dir / RUN_CONFIG)
     if kind in ("final", "ema"):
         legacy = run_dir / LEGACY_FINAL
@@ -237,7 +237,7 @@ def from_mlflow_uri(uri: str, kind: str) -> ModelSource:
 
     root, ref = download_exported(uri)
     model = read_exported(root)
-    return _exported_source(model, kind, uri, None, ref)
+    return exported_source(model, kind, uri, None, ref)
 
 
 def resolve_model(spec: str, kind: str = "final") -> ModelSource:
@@ -253,7 +253,7 @@ def resolve_model(spec: str, kind: str = "final") -> ModelSource:
         return from_weights_file(path, kind)
     if is_exported(path):
         model = read_exported(path)
-        return _exported_source(model, kind, str(path))
+        return exported_source(model, kind, str(path))
     if (path / DEEPSPEED_MODEL_FILE).is_file():
         return from_tag_dir(path)
     if (path / RUN_CONFIG).is_file():

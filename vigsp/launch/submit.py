@@ -235,6 +235,13 @@ def _tracking_uri(flag: str | None, entry: Entry) -> str:
     return resolve_tracking_uri(flag or entry.cfg.tracking.tracking_uri)
 
 
+def _check_tracking(uris: set[str]) -> None:
+    from vigsp.tracking.store import check_access
+
+    for uri in sorted(uris):
+        check_access(uri)
+
+
 def submit(
     entries: list[Entry],
     *,
@@ -270,6 +277,7 @@ def submit(
     else:
         where = f"partition {validate_request(job_request(launch), read_partitions()).name}"
 
+    _check_tracking({_tracking_uri(tracking_uri, entry) for entry in entries})  # before any file
     folder = folder or Path(first.run.output_dir) / "submitit"
     folder = folder.resolve()
     if "%j" not in str(folder):

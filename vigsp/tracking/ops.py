@@ -33,11 +33,19 @@ class ArtifactOp:
 
 
 @dataclass(frozen=True)
+class ModelOp:
+    folder: Path  # a saved MLflow model, uploaded as runs:/ID/artifact_path
+    artifact_path: str
+    register_as: str | None  # a Model Registry name: a new version of it
+    version_tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class EndOp:
     status: str  # FINISHED, FAILED or KILLED
 
 
-Op = MetricsOp | ParamsOp | TagsOp | ArtifactOp | EndOp
+Op = MetricsOp | ParamsOp | TagsOp | ArtifactOp | ModelOp | EndOp
 
 
 @dataclass
@@ -65,6 +73,9 @@ class Unlogged:
         elif isinstance(op, ArtifactOp):
             self.counts["artifacts"] += 1
             self.artifacts.append(str(op.path))
+        elif isinstance(op, ModelOp):
+            self.counts["models"] += 1
+            self.artifacts.append(str(op.folder))
         else:
             self.counts["status"] += 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigsp.tracking.names import RUN_FILE, TAG_CHANGED_PARAMS, TAG_RESUME_COUNT, TAG_RUN_NAME
-from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, Op, ParamsOp, TagsOp
+from vigsp.tracking.ops import ArtifactOp, EndOp, MetricsOp, ModelOp, Op, ParamsOp, TagsOp
 from vigsp.tracking.store import get_or_create_experiment, is_transient, open_client
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class MlflowRun:
         )
 
     def send(self, batch: list[Op]) -> None:
-        """One call: a single artifact or status op, or ops that fit one ``log_batch``."""
+        """One call: a single artifact, model or status op, or ops that fit one ``log_batch``."""
         assert self._client is not None and self.run_id is not None
         first = batch[0]
         if isinstance(first, ArtifactOp):
@@ -97,6 +97,13 @@ class MlflowRun:
                 self._client.log_artifacts(self.run_id, str(first.path), first.artifact_path)
             else:
                 self._client.log_artifact(self.run_id, str(first.path), first.artifact_path)
+        elif isinstance(first, ModelOp):
+            from vigsp.tracking.models import log_model_folder
+
+            op = first
+            log_model_folder(
+                self._client, self.run_id, op.folder, op.artifact_path, op.register_as, op.version_tags
+            )
         elif isinstance(first, EndOp):
             self._client.set_terminated(self.run_id, first.status)
         else:

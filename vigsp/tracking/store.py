@@ -43,11 +43,41 @@ def http_timeout_s() -> float:
     return float(os.environ.get(key, TRACKER_HTTP_ENV[key]))
 
 
+# MLflow reads a server's credentials from these; vigsp passes them on and never records them.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+AUTH_ERROR_CODES = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def refuse_credentials_in_uri(uri: str) -> str:
+    """A URI is written to the run directory, logs and MLflow tags, so it must hold no password."""
+    from urllib.parse import urlsplit
+
+    if "://" in uri and urlsplit(uri).password is not None:
+        raise UserError(
+            "the MLflow tracking URI holds a password (user:password@host); it would be written to "
+            "logs and the run directory. Give the URI without it and export MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
+    return uri
+
+
+def auth_hint(err: BaseException) -> str:
+    """What to do about a refused login, for errors that are one; else empty."""
+    if getattr(err, "error_code", None) not in AUTH_ERROR_CODES:
+        return ""
+    given = [name for name in CREDENTIAL_ENV if os.environ.get(name)]
+    have = f"the credentials given ({', '.join(given)}) were refused" if given else "none were given"
+    return (
+        f"; the server requires a login and {have}: export MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for a user with access to the experiment"
+    )
+
+
 def resolve_tracking_uri(tracking_uri: str | None, cwd: Path | None = None) -> str:
     """``--tracking-uri`` first, then ``MLFLOW_TRACKING_URI``, then the embedded sqlite store."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return refuse_credentials_in_uri(uri)
     return f"sqlite:///{(cwd or Path.cwd()).resolve() / EMBEDDED_DB}"
 
 
@@ -84,6 +114,26 @@ def open_client(uri: str) -> MlflowClient:
 
     with sqlite_init_lock(uri):
         return MlflowClient(uri)
+
+
+def check_access(uri: str) -> None:
+    """Before a job is queued: a tracking server that refuses the credentials is an error now, not
+    a failed job later. A server that does not answer only warns (training logs once it is back)."""
+    import logging
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    apply_http_defaults(INTERACTIVE_HTTP_ENV)
+    try:
+        open_client(uri).search_experiments(max_results=1)
+    except Exception as err:
+        if auth_hint(err):
+            raise UserError(f"MLflow at {uri} refused the login{auth_hint(err)}") from None
+        logging.getLogger("vigsp.tracking").warning(
+            "MLflow at %s did not answer (%s); the job logs once it is reachable",
+            uri,
+            getattr(err, "message", err),
+        )
 
 
 def artifact_location(uri: str) -> str | None:

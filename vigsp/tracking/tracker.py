@@ -37,7 +37,7 @@ from typing import Any
 
 from vigsp.errors import UserError
 from vigsp.tracking.names import DEFAULT_EXPERIMENT, RUN_FILE, TAG_RUN_DIR, UNLOGGED_FILE
-from vigsp.tracking.ops import ArtifactOp, MetricsOp, ParamsOp, TagsOp, Unlogged
+from vigsp.tracking.ops import ArtifactOp, MetricsOp, ModelOp, ParamsOp, TagsOp, Unlogged
 from vigsp.tracking.params import METRICS_PER_BATCH, PARAMS_PER_BATCH, chunks, config_params, to_param_value
 
 log = logging.getLogger("vigsp.tracking")
@@ -85,6 +85,11 @@ class NullTracker:
         pass
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        pass
+
+    def log_model(
+        self, folder: Path, register_as: str | None = None, version_tags: Mapping[str, Any] | None = None
+    ) -> None:
         pass
 
     def log_figure(self, figure: Any, name: str) -> None:
@@ -156,7 +161,10 @@ class Tracker(NullTracker):
         elif sender.start_error is not None:
             tracker.finish(RunEnd.FAILED)
             err = sender.start_error
-            raise UserError(f"cannot open an MLflow run at {uri}: {getattr(err, 'message', err)}") from err
+            from vigsp.tracking.store import auth_hint
+
+            message = f"{getattr(err, 'message', err)}{auth_hint(err)}"
+            raise UserError(f"cannot open an MLflow run at {uri}: {message}") from err
         if system_metrics_interval_s:
             tracker._start_system_metrics(system_metrics_interval_s)
         return tracker
@@ -206,6 +214,16 @@ class Tracker(NullTracker):
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Uploaded later by the sender: the file must stay in place and unchanged until then."""
         self._sender.submit(ArtifactOp(Path(path).resolve(), artifact_path))
+
+    def log_model(
+        self, folder: Path, register_as: str | None = None, version_tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """Uploads a saved MLflow model as ``runs:/ID/model`` (and registers it as a new version
+        of ``register_as``); the folder must stay in place until then."""
+        from vigsp.tracking.models import MODEL_ARTIFACT_PATH
+
+        tags = {k: str(v) for k, v in (version_tags or {}).items()}
+        self._sender.submit(ModelOp(Path(folder).resolve(), MODEL_ARTIFACT_PATH, register_as, tags))
 
     def log_figure(self, figure: Any, name: str) -> None:
         """Renders a matplotlib figure to ``run_dir/figures/name`` (kept) and uploads it."""

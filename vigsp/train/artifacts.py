@@ -16,10 +16,10 @@ from vigsp.train.records import CsvRecord
 
 log = logging.getLogger(__name__)
 
+MLFLOW_MODEL_DIR = "mlflow_model"  # the exported model as an MLflow pyfunc model, in the run dir
 OVERLAY_FILE = "superpixels.png"
 OVERLAY_DATA_FILE = "superpixels.npz"
 CURVES_FILE = "curves.png"
-EXPORTED_ARTIFACT_PATH = "vigsp_model"  # the exported model folder, in the MLflow run
 
 
 def first_batch_graphs(
@@ -115,7 +115,39 @@ def export_final(
         return None
 
 
-def log_final(tracker: Any, epochs: CsvRecord, exported: Path | None, run_dir: Path) -> None:
+def save_mlflow_model(cfg: TrainConfig, exported: Path, example: Path | None, state: Any) -> Path | None:
+    """Rank 0: the exported model as an MLflow pyfunc model in ``RUN_DIR/mlflow_model`` (servable
+    with ``mlflow models serve -m``), ``example`` (a validation image) as its input example. A
+    failure costs the MLflow model, not the run: ``model/`` still holds everything."""
+    if not cfg.tracking.log_model:
+        return None
+    try:
+        from vigsp.inference.pyfunc_model import save_pyfunc
+
+        out = exported.parent / MLFLOW_MODEL_DIR
+        image = example.read_bytes() if example is not None else None
+        return save_pyfunc(exported, out, image, step=state.global_step, val_top1=state.val_top1)
+    except Exception as err:
+        log.warning("no MLflow model for %s: %s", exported, err)
+        return None
+
+
+def version_tags(cfg: TrainConfig, state: Any) -> dict[str, str]:
+    """What a registered version says about the run that made it."""
+    values = {
+        "val_top1": state.val_top1,
+        "val_top5": state.val_top5,
+        "step": state.global_step,
+        "epoch": state.epoch,
+        "model": cfg.model.name,
+        "run_name": cfg.run.name,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def log_final(
+    tracker: Any, epochs: CsvRecord, run_dir: Path, model: Path | None, cfg: TrainConfig, state: Any
+) -> None:
     if not tracker.enabled:
         return
     try:
@@ -124,9 +156,7 @@ def log_final(tracker: Any, epochs: CsvRecord, exported: Path | None, run_dir: P
             tracker.log_artifact(curves, "figures")
         if epochs.path.is_file():
             tracker.log_artifact(epochs.path)
-        if exported is not None:
-            for path in sorted(exported.iterdir()):
-                if not path.name.startswith("."):
-                    tracker.log_artifact(path, EXPORTED_ARTIFACT_PATH)
+        if model is not None:
+            tracker.log_model(model, cfg.tracking.register_model, version_tags(cfg, state))
     except Exception as err:
         log.warning("final artifacts not logged: %s", err)

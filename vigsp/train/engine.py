@@ -74,11 +74,14 @@ class Trainer:
             if outcome.status == "stopped":
                 c.tracker.finish(RunEnd.REQUEUED)
             else:
-                exported = None
+                model = None
                 if self.env.is_main:
                     module, classes = c.engine.module, c.train_loader.classes
                     exported = artifacts.export_final(c.run_dir, self.cfg, module, c.ema, classes, self.state)
-                artifacts.log_final(c.tracker, c.epochs, exported, c.run_dir)
+                    if exported is not None:
+                        example = c.val_loader.index.path(0) if len(c.val_loader.index) else None
+                        model = artifacts.save_mlflow_model(self.cfg, exported, example, self.state)
+                artifacts.log_final(c.tracker, c.epochs, c.run_dir, model, self.cfg, self.state)
         outcome.mlflow_run_id = c.tracker.run_id
         outcome.tracking_uri = c.tracker.tracking_uri if c.tracker.enabled else None
         return outcome
