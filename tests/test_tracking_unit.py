@@ -231,3 +231,24 @@ def test_git_tags_name_the_commit_and_dirtiness(tmp_path: Path):
     assert git_tags(tmp_path) == {TAG_GIT_COMMIT: head, TAG_GIT_DIRTY: "false"}
     (tmp_path / "f.py").write_text("x = 2\n")
     assert git_tags(tmp_path) == {TAG_GIT_COMMIT: head, TAG_GIT_DIRTY: "true"}
+
+
+def test_a_tracking_uri_with_a_password_is_refused_without_echoing_it():
+    from vigsp.errors import UserError
+    from vigsp.tracking.store import refuse_credentials_in_uri, resolve_tracking_uri
+
+    assert refuse_credentials_in_uri("http://mlflow.cluster:5000") == "http://mlflow.cluster:5000"
+    assert refuse_credentials_in_uri("http://alice@mlflow.cluster:5000")  # a user name alone is no secret
+    with pytest.raises(UserError, match="MLFLOW_TRACKING_PASSWORD") as caught:
+        resolve_tracking_uri("https://alice:hunter2@mlflow.cluster")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_registering_needs_the_logged_model():
+    from pydantic import ValidationError
+
+    from vigsp.tracking.config import TrackingConfig
+
+    assert TrackingConfig(register_model="fmnist").log_model
+    with pytest.raises(ValidationError, match=r"tracking\.register_model needs tracking\.log_model"):
+        TrackingConfig(register_model="fmnist", log_model=False)
