@@ -1,6 +1,6 @@
 """From per-pixel features and a superpixel label map to node embeddings for the ViG backbone.
 
-* :func:`superpixel_pool`: mean and max of the pixel features of each superpixel (scatter over
+* :func:`superpixel_pool`: mean and max of the pixel features of each superpixel (reduced over
   the label map), padded to N nodes.
 * :class:`NodeEmbedding`: pooled features + the 13 core node features -> C channels, plus a
   positional encoding from Fourier features of the centroid (superpixels have no grid, so the
@@ -75,18 +75,66 @@ def superpixel_pool(pixels: Tensor, labels: Tensor, num_nodes: int) -> Tensor:
 
     Nodes without pixels (padding) get zeros. Computed in float32 even under autocast: sums and
     pixel counts of large superpixels would lose precision in 16-bit floats.
+
+    Pixels are reduced as rows of F channels (``[B*H*W, F]`` into ``[B*N, F]``; a view of
+    channels-last maps): reducing whole rows is ~20x faster on CPU than scattering each
+    channel's ``H*W`` plane, with the same sums and maxima bit for bit.
     """
     batch, channels = pixels.shape[:2]
-    flat = pixels.flatten(2).to(torch.promote_types(pixels.dtype, torch.float32))  # [B, F, HW]
-    index = labels.reshape(batch, 1, -1).long().expand(-1, channels, -1)
-    sums = flat.new_zeros(batch, channels, num_nodes).scatter_add_(2, index, flat)
-    counts = torch.zeros(batch, num_nodes, dtype=flat.dtype, device=flat.device)
-    counts.scatter_add_(1, index[:, 0], torch.ones_like(flat[:, 0]))
+    rows = _PixelRows.apply(pixels).to(torch.promote_types(pixels.dtype, torch.float32))  # [B*H*W, F]
+    offsets = torch.arange(batch, device=labels.device).view(-1, 1) * num_nodes
+    node = (labels.reshape(batch, -1).long() + offsets).reshape(-1)  # [B*H*W]: row of its node
+    slots = batch * num_nodes
+    sums = rows.new_zeros(slots, channels).index_add_(0, node, rows)
+    counts = rows.new_zeros(slots).index_add_(0, node, rows.new_ones(()).expand(node.shape[0]))
     means = sums / counts.clamp(min=1).unsqueeze(1)
-    maxes = flat.new_zeros(batch, channels, num_nodes).scatter_reduce(
-        2, index, flat, "amax", include_self=False
-    )
-    return torch.cat([means, maxes], dim=1).transpose(1, 2)
+    maxes = _NodeMax.apply(rows, node, slots)
+    return torch.cat([means, maxes], dim=1).view(batch, num_nodes, 2 * channels)
+
+
+class _PixelRows(torch.autograd.Function):
+    """``[B, F, H, W]`` -> ``[B*H*W, F]``, handing the gradient back in the maps' own memory
+    format: the layers before pooling then run the backward kernels (and roundings) they would
+    run without the row layout."""
+
+    @staticmethod
+    def forward(ctx, pixels: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shape = pixels.shape
+        ctx.channels_last = pixels.dim() == 4 and pixels.is_contiguous(memory_format=torch.channels_last)
+        return pixels.permute(0, 2, 3, 1).reshape(-1, pixels.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        batch, channels, height, width = ctx.shape
+        grad = grad.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return grad.contiguous(memory_format=fmt)
+
+
+class _NodeMax(torch.autograd.Function):
+    """``[P, F]`` pixel rows -> ``[S, F]`` per-node channel maxima (0 for nodes without pixels).
+
+    The gradient is exactly ``scatter_reduce(..., "amax", include_self=False)``'s, ties split
+    evenly (tested bit for bit against it), but built from row gathers instead of its
+    per-channel scatters, which made pooling the front end's most expensive step.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, node: Tensor, slots: int) -> Tensor:  # type: ignore[override]
+        index = node.view(-1, 1).expand(-1, rows.shape[1])
+        maxes = rows.new_zeros(slots, rows.shape[1]).scatter_reduce_(
+            0, index, rows, "amax", include_self=False
+        )
+        ctx.save_for_backward(rows, node, maxes)
+        return maxes
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        rows, node, maxes = ctx.saved_tensors
+        is_max = rows == maxes.index_select(0, node)
+        # torch's formula also counts the (zero) initial slot as a tie when the max is exactly 0
+        ties = (maxes == 0).to(grad.dtype).index_add_(0, node, is_max.to(grad.dtype))
+        return is_max * (grad / ties).index_select(0, node), None, None
 
 
 def fourier_features(coords: Tensor, bands: int) -> Tensor:
