@@ -57,7 +57,9 @@ def example_inputs(
     images_np = np.ascontiguousarray(
         np.repeat(np.repeat(coarse, -(-size // 8), 1), -(-size // 8), 2)[:, :size, :size]
     )
-    images = torch.from_numpy(images_np).permute(0, 3, 1, 2).float().div(255.0)
+    # contiguous NCHW, as the data pipeline hands them over (a permuted NHWC view would flatter
+    # the convolutions, which prefer channels-last)
+    images = torch.from_numpy(images_np).permute(0, 3, 1, 2).float().div(255.0).contiguous()
     if not getattr(model, "needs_superpixels", False):
         return (images,)
     method = superpixel_method or model.superpixel_method

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vigsp.models.pointwise import PointwiseConv2d
+
 
 class SameLabelGraph:
     """The same-label 4-neighbour pixel graph of a ``[B, H, W]`` label map, ready to propagate."""
@@ -76,7 +78,7 @@ class PixelGCN(nn.Module):
     def __init__(self, channels: int, layers: int = 2) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.SiLU())
+            nn.Sequential(PointwiseConv2d(channels, channels), nn.BatchNorm2d(channels), nn.SiLU())
             for _ in range(layers)
         )
 

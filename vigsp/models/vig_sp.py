@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
@@ -72,7 +73,9 @@ class ViGSP(nn.Module):
         layout = NodeLayout.from_mask(node_mask)
         # Named ranges: the profiler (benchmarks/models.py) reports the forward time of each stage.
         with record_function("vigsp.unet"):
-            pixels = self.unet(images)
+            # Channels-last all through the front end: oneDNN's convolutions, the pointwise
+            # layers' GEMMs and the pooling's pixel rows all prefer it (the pipeline hands NCHW).
+            pixels = self.unet(images.contiguous(memory_format=torch.channels_last))
         with record_function("vigsp.pixel_gcn"):
             pixels = self.pixel_gcn(pixels, label_maps)
         with record_function("vigsp.pool_embed"):
